@@ -1,0 +1,180 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+/*
+ * fastproxy's kernel side: redirect connects aimed at a guarded endpoint to the proxy, and tell
+ * the proxy who made them.
+ *
+ * cgroup/connect4 runs in the caller's context, so it sees the real task: it rewrites the
+ * destination to the proxy and stores the caller record in the client socket's storage.
+ * sockops publishes that record under the connection's full 4-tuple once the client's source
+ * port is known (TCP_CONNECT_CB), and moves it into the accepted socket's own storage when the
+ * proxy's side is established (PASSIVE_ESTABLISHED_CB), so the proxy reads it by fd in O(1).
+ */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "fastproxy_abi.h"
+
+#define SOCK_STREAM 1
+
+/* Verdicts of cgroup/connect4. */
+#define VERDICT_REJECT 0 /* the connect fails with EPERM */
+#define VERDICT_PROCEED 1
+
+/* Only the field we read; CO-RE relocates it against the running kernel's BTF. */
+struct task_struct {
+	__u64 start_boottime;
+} __attribute__((preserve_access_index));
+
+/* Set by the loader before load. */
+const volatile __u32 fp_proxy_addr = 0; /* net */
+const volatile __u16 fp_proxy_port = 0; /* host */
+const volatile __u32 fp_self_mark = 0;  /* SO_MARK of the proxy's own sockets */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FP_MAX_ENDPOINTS);
+	__type(key, struct fp_endpoint_key);
+	__type(value, struct fp_endpoint);
+} fp_endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct fp_caller_record);
+} fp_callers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, FP_HANDOFF_ENTRIES);
+	__type(key, struct fp_tuple);
+	__type(value, struct fp_caller_record);
+} fp_handoff SEC(".maps");
+
+static __always_inline void fill_caller(struct fp_caller_record *rec, struct bpf_sock_addr *ctx,
+					__u32 orig_addr, __u16 orig_port)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 uid_gid = bpf_get_current_uid_gid();
+
+	rec->tgid = pid_tgid >> 32;
+	rec->pid = (__u32)pid_tgid;
+	rec->uid = (__u32)uid_gid;
+	rec->gid = uid_gid >> 32;
+	rec->cgroup_id = bpf_get_current_cgroup_id();
+	rec->netns_cookie = bpf_get_netns_cookie(ctx);
+	rec->orig_addr = orig_addr;
+	rec->orig_port = orig_port;
+	rec->flags = FP_RECORD_REDIRECTED;
+	rec->start_boottime = 0;
+	if (task) {
+		rec->start_boottime = task->start_boottime;
+		rec->flags |= FP_RECORD_START_TIME;
+	}
+	bpf_get_current_comm(rec->comm, sizeof(rec->comm));
+}
+
+SEC("cgroup/connect4")
+int fp_connect4(struct bpf_sock_addr *ctx)
+{
+	struct fp_endpoint_key key = {};
+	struct fp_caller_record *rec;
+	struct fp_endpoint *ep;
+	struct bpf_sock *sk;
+	__u32 type = ctx->type;
+	__u32 dst_addr = ctx->user_ip4;
+	__u16 dst_port = (__u16)ctx->user_port;
+
+	if (type != SOCK_STREAM)
+		return VERDICT_PROCEED;
+
+	key.addr = dst_addr;
+	key.port = dst_port;
+	key.proto = IPPROTO_TCP;
+	ep = bpf_map_lookup_elem(&fp_endpoints, &key);
+	if (!ep || ep->action != FP_ACTION_REDIRECT)
+		return VERDICT_PROCEED;
+
+	sk = ctx->sk;
+	if (!sk)
+		return VERDICT_REJECT;
+	/* The proxy's own upstream sockets carry its mark; only CAP_NET_ADMIN can set one. */
+	if (fp_self_mark != 0 && sk->mark == fp_self_mark)
+		return VERDICT_PROCEED;
+
+	/* Fail closed: a connect we cannot attribute never reaches the endpoint. */
+	rec = bpf_sk_storage_get(&fp_callers, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!rec)
+		return VERDICT_REJECT;
+	fill_caller(rec, ctx, dst_addr, dst_port);
+
+	ctx->user_ip4 = fp_proxy_addr;
+	ctx->user_port = bpf_htons(fp_proxy_port);
+	return VERDICT_PROCEED;
+}
+
+/* Client side: the source port is now bound, so the 4-tuple is complete. */
+static __always_inline void publish_record(struct bpf_sock_ops *skops)
+{
+	struct fp_caller_record *rec;
+	struct fp_tuple key = {};
+	struct bpf_sock *sk = skops->sk;
+	__u32 local_ip = skops->local_ip4;
+	__u32 remote_ip = skops->remote_ip4;
+	__u32 local_port = skops->local_port;
+	__u32 remote_port = skops->remote_port;
+
+	if (!sk)
+		return;
+	rec = bpf_sk_storage_get(&fp_callers, sk, 0, 0);
+	if (!rec || !(rec->flags & FP_RECORD_REDIRECTED))
+		return;
+	key.client_addr = local_ip;
+	key.client_port = (__u16)local_port;
+	key.server_addr = remote_ip;
+	key.server_port = bpf_ntohs((__u16)(remote_port >> 16));
+	bpf_map_update_elem(&fp_handoff, &key, rec, BPF_ANY);
+}
+
+/* Proxy side: move the record into the accepted socket's own storage. */
+static __always_inline void adopt_record(struct bpf_sock_ops *skops)
+{
+	struct fp_caller_record *rec, *own;
+	struct fp_tuple key = {};
+	struct bpf_sock *sk = skops->sk;
+	__u32 local_ip = skops->local_ip4;
+	__u32 remote_ip = skops->remote_ip4;
+	__u32 local_port = skops->local_port;
+	__u32 remote_port = skops->remote_port;
+
+	if (!sk)
+		return;
+	key.client_addr = remote_ip;
+	key.client_port = bpf_ntohs((__u16)(remote_port >> 16));
+	key.server_addr = local_ip;
+	key.server_port = (__u16)local_port;
+	rec = bpf_map_lookup_elem(&fp_handoff, &key);
+	if (!rec)
+		return;
+	own = bpf_sk_storage_get(&fp_callers, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (own)
+		__builtin_memcpy(own, rec, sizeof(*own));
+	bpf_map_delete_elem(&fp_handoff, &key);
+}
+
+SEC("sockops")
+int fp_sockops(struct bpf_sock_ops *skops)
+{
+	__u32 op = skops->op;
+
+	if (op == BPF_SOCK_OPS_TCP_CONNECT_CB)
+		publish_record(skops);
+	else if (op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+		adopt_record(skops);
+	return 1;
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";

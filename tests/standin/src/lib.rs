@@ -1,0 +1,1 @@
+//! Stand-in for the platform endpoints (being written).
