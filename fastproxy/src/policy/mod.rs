@@ -1,0 +1,91 @@
+//! Authorization: a pure function of the caller and the request.
+//!
+//! The built-in rules of SPEC-GPA.md section 5: WireServer and HostGAPlugin are root-only in
+//! every mode (they hand out the VM's secrets), IMDS is open to every local caller.
+
+use crate::identity::CallerRecord;
+use crate::upstream::EndpointKind;
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    /// The endpoint is root-only and the caller's uid is not 0.
+    RootOnly,
+}
+
+impl DenyReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::RootOnly => "root only",
+        }
+    }
+}
+
+/// The outcome of authorization, with the rule that decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow(&'static str),
+    Deny(DenyReason),
+}
+
+impl Decision {
+    pub fn is_allowed(self) -> bool {
+        matches!(self, Decision::Allow(_))
+    }
+
+    /// Short name of the deciding rule, for the access log.
+    pub fn rule(self) -> &'static str {
+        match self {
+            Decision::Allow(rule) => rule,
+            Decision::Deny(reason) => reason.as_str(),
+        }
+    }
+}
+
+/// Evaluate the built-in rules.
+pub fn evaluate(caller: &CallerRecord, endpoint: EndpointKind) -> Decision {
+    match endpoint {
+        EndpointKind::WireServer | EndpointKind::HostGaPlugin if caller.is_root() => Decision::Allow("builtin: root"),
+        EndpointKind::WireServer | EndpointKind::HostGaPlugin => Decision::Deny(DenyReason::RootOnly),
+        EndpointKind::Imds => Decision::Allow("builtin: imds open"),
+    }
+}
+
+/// The `x-ms-azure-host-claims` value (SPEC-GPA.md section 3, exactly this text).
+pub fn claims_header(caller: &CallerRecord) -> &'static str {
+    if caller.is_root() {
+        r#"{ "isRoot": "true"}"#
+    } else {
+        r#"{ "isRoot": "false"}"#
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    #[test]
+    fn builtin_rules_table() {
+        let dst = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 80);
+        let cases = [
+            (0, EndpointKind::WireServer, true),
+            (0, EndpointKind::HostGaPlugin, true),
+            (0, EndpointKind::Imds, true),
+            (1000, EndpointKind::WireServer, false),
+            (65534, EndpointKind::HostGaPlugin, false),
+            (65534, EndpointKind::Imds, true),
+        ];
+        for (uid, ep, allowed) in cases {
+            let caller = CallerRecord::for_uid(uid, dst);
+            assert_eq!(evaluate(&caller, ep).is_allowed(), allowed, "uid {uid} -> {ep}");
+        }
+    }
+
+    #[test]
+    fn claims_text_is_exact() {
+        let dst = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 80);
+        assert_eq!(claims_header(&CallerRecord::for_uid(0, dst)), "{ \"isRoot\": \"true\"}");
+        assert_eq!(claims_header(&CallerRecord::for_uid(7, dst)), "{ \"isRoot\": \"false\"}");
+    }
+}

@@ -1,0 +1,123 @@
+//! The guarded endpoints and the way to them.
+//!
+//! The table is configuration: on a VM it holds the platform's three endpoints, in tests
+//! loopback stand-ins. Requests are routed only by the kernel-recorded original destination,
+//! never by the Host header or the request target.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::str::FromStr;
+
+#[cfg(feature = "runtime")]
+pub mod connect;
+
+/// Which platform service an endpoint is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EndpointKind {
+    WireServer,
+    HostGaPlugin,
+    Imds,
+}
+
+impl EndpointKind {
+    pub const ALL: [EndpointKind; 3] = [EndpointKind::WireServer, EndpointKind::HostGaPlugin, EndpointKind::Imds];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EndpointKind::WireServer => "wireserver",
+            EndpointKind::HostGaPlugin => "hostga",
+            EndpointKind::Imds => "imds",
+        }
+    }
+
+    /// The platform's address for this service.
+    pub fn azure_address(self) -> SocketAddrV4 {
+        match self {
+            EndpointKind::WireServer => SocketAddrV4::new(Ipv4Addr::new(168, 63, 129, 16), 80),
+            EndpointKind::HostGaPlugin => SocketAddrV4::new(Ipv4Addr::new(168, 63, 129, 16), 32526),
+            EndpointKind::Imds => SocketAddrV4::new(Ipv4Addr::new(169, 254, 169, 254), 80),
+        }
+    }
+}
+
+impl fmt::Display for EndpointKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for EndpointKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        EndpointKind::ALL
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| format!("unknown endpoint {s:?}: expected wireserver, hostga or imds"))
+    }
+}
+
+/// One guarded destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardedEndpoint {
+    pub kind: EndpointKind,
+    pub addr: SocketAddrV4,
+}
+
+/// All guarded destinations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointTable {
+    endpoints: Vec<GuardedEndpoint>,
+}
+
+impl EndpointTable {
+    /// The platform's real endpoints.
+    pub fn azure() -> Self {
+        EndpointTable {
+            endpoints: EndpointKind::ALL
+                .into_iter()
+                .map(|kind| GuardedEndpoint {
+                    kind,
+                    addr: kind.azure_address(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Replace the address of one endpoint (tests point them at stand-ins).
+    pub fn set(&mut self, kind: EndpointKind, addr: SocketAddrV4) {
+        for e in &mut self.endpoints {
+            if e.kind == kind {
+                e.addr = addr;
+            }
+        }
+    }
+
+    /// The endpoint a connection was originally aimed at.
+    pub fn by_addr(&self, addr: SocketAddrV4) -> Option<GuardedEndpoint> {
+        self.endpoints.iter().copied().find(|e| e.addr == addr)
+    }
+
+    pub fn by_kind(&self, kind: EndpointKind) -> Option<GuardedEndpoint> {
+        self.endpoints.iter().copied().find(|e| e.kind == kind)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &GuardedEndpoint> {
+        self.endpoints.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_by_exact_address_and_port() {
+        let t = EndpointTable::azure();
+        let ws = SocketAddrV4::new(Ipv4Addr::new(168, 63, 129, 16), 80);
+        assert_eq!(t.by_addr(ws).map(|e| e.kind), Some(EndpointKind::WireServer));
+        let dns = SocketAddrV4::new(Ipv4Addr::new(168, 63, 129, 16), 53);
+        assert_eq!(t.by_addr(dns), None);
+        assert_eq!("HostGA".parse::<EndpointKind>(), Ok(EndpointKind::HostGaPlugin));
+        assert!("metadata".parse::<EndpointKind>().is_err());
+    }
+}
