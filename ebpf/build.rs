@@ -27,7 +27,10 @@ fn main() {
         Some(clang) => compile(&clang, &manifest.join("bpf"), &out),
         None => {
             std::fs::copy(&prebuilt, &out).unwrap_or_else(|e| {
-                panic!("no clang and no prebuilt object at {}: {e}", prebuilt.display())
+                panic!(
+                    "no clang and no prebuilt object at {}: {e}",
+                    prebuilt.display()
+                )
             });
         }
     }
@@ -59,5 +62,8 @@ fn compile(clang: &str, bpf_dir: &Path, out: &Path) {
         .arg(out)
         .status()
         .unwrap_or_else(|e| panic!("running {clang}: {e}"));
-    assert!(status.success(), "{clang} failed to compile the kernel programs");
+    assert!(
+        status.success(),
+        "{clang} failed to compile the kernel programs"
+    );
 }

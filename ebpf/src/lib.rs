@@ -2,8 +2,8 @@
 //!
 //! The C header is the source of truth; every type here is `#[repr(C)]` with compile-time
 //! size and offset asserts, so a change on one side that is not made on the other fails the
-//! build instead of corrupting a map. This crate has no dependencies: the loader (aya) lives in
-//! `fastproxy::redirect`, which wraps these types.
+//! build instead of corrupting a map. Without the `aya` feature (which adds `aya::Pod` impls)
+//! this crate has no dependencies; the loader lives in `fastproxy::redirect`.
 
 use core::mem::{offset_of, size_of};
 
@@ -98,12 +98,28 @@ const _: () = {
     assert!(offset_of!(Tuple, server_port) == 10);
 };
 
+// SAFETY: each type is #[repr(C)], Copy, made only of integers and byte arrays, and has no
+// padding (the size asserts above sum the fields), so every byte pattern is a valid value.
+#[cfg(feature = "aya")]
+unsafe impl aya::Pod for EndpointKey {}
+// SAFETY: as above.
+#[cfg(feature = "aya")]
+unsafe impl aya::Pod for EndpointAction {}
+// SAFETY: as above.
+#[cfg(feature = "aya")]
+unsafe impl aya::Pod for RawCallerRecord {}
+// SAFETY: as above.
+#[cfg(feature = "aya")]
+unsafe impl aya::Pod for Tuple {}
+
 #[repr(C, align(32))]
 struct Aligned<T: ?Sized>(T);
 
 /// ELF parsers want the object aligned; `include_bytes!` alone gives no alignment.
-static OBJECT_ALIGNED: &Aligned<[u8]> =
-    &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/fastproxy.bpf.o")));
+static OBJECT_ALIGNED: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(
+    env!("OUT_DIR"),
+    "/fastproxy.bpf.o"
+)));
 
 /// The compiled kernel object (BPF ELF with BTF).
 pub fn object() -> &'static [u8] {
@@ -148,7 +164,12 @@ mod tests {
         let obj = object();
         assert_eq!(&obj[..4], b"\x7fELF");
         assert_eq!(obj.as_ptr() as usize % 32, 0);
-        for name in [names::CONNECT4, names::SOCKOPS, names::CALLERS, names::HANDOFF] {
+        for name in [
+            names::CONNECT4,
+            names::SOCKOPS,
+            names::CALLERS,
+            names::HANDOFF,
+        ] {
             assert!(
                 obj.windows(name.len()).any(|w| w == name.as_bytes()),
                 "{name} missing"

@@ -83,7 +83,10 @@ impl ProxySettings {
         if self.listen.port() == 0 || self.listen.port() >= 1024 {
             return Err(ConfigError {
                 field: "listen",
-                reason: format!("port {} is not a privileged port (1-1023)", self.listen.port()),
+                reason: format!(
+                    "port {} is not a privileged port (1-1023)",
+                    self.listen.port()
+                ),
             });
         }
         if self.mark == 0 {
@@ -149,7 +152,10 @@ mod tests {
     fn endpoint_overrides() {
         assert_eq!(
             parse_endpoint_override("imds=127.100.0.254:80"),
-            Ok((EndpointKind::Imds, SocketAddrV4::new(Ipv4Addr::new(127, 100, 0, 254), 80)))
+            Ok((
+                EndpointKind::Imds,
+                SocketAddrV4::new(Ipv4Addr::new(127, 100, 0, 254), 80)
+            ))
         );
         assert!(parse_endpoint_override("imds").is_err());
         assert!(parse_endpoint_override("dns=1.2.3.4:53").is_err());

@@ -26,7 +26,9 @@ const MAX_TRAILERS: usize = 16 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Reading hex digits of a chunk size; `digits` seen so far.
-    Size { digits: u8 },
+    Size {
+        digits: u8,
+    },
     /// In a chunk extension, after `;`.
     Extension,
     /// Expecting LF after the CR ending the size line.
@@ -229,7 +231,11 @@ mod tests {
                     d.advance(&body[split..]).map(|b| a + b)
                 }
             });
-            assert_eq!(got.clone().map(|n| (n, d.is_done())), expected, "split at {split}");
+            assert_eq!(
+                got.clone().map(|n| (n, d.is_done())),
+                expected,
+                "split at {split}"
+            );
         }
         match expected {
             Ok((n, true)) => Ok(n),
@@ -248,18 +254,18 @@ mod tests {
     #[test]
     fn rejects_malformed_bodies() {
         let bad: &[&[u8]] = &[
-            b"\r\n",                    // empty size
-            b";x\r\n",                  // empty size with extension
-            b"5 \r\nhello\r\n0\r\n\r\n", // whitespace after size
-            b"5\nhello\r\n0\r\n\r\n",    // bare LF after size
+            b"\r\n",                         // empty size
+            b";x\r\n",                       // empty size with extension
+            b"5 \r\nhello\r\n0\r\n\r\n",     // whitespace after size
+            b"5\nhello\r\n0\r\n\r\n",        // bare LF after size
             b"5;a\nb\r\nhello\r\n0\r\n\r\n", // LF in extension
             b"5;a\0b\r\nhello\r\n0\r\n\r\n", // NUL in extension
-            b"5\r\nhelloX\r\n0\r\n\r\n", // data longer than its size
-            b"-5\r\n",                  // sign
-            b"0x5\r\n",                 // 0x prefix: 0 then x
-            b"fffffffffffffffff\r\n",   // overflow
-            b"0\r\nT: v\n\r\n",         // bare LF in trailer
-            b"0\r\n\n",                 // bare LF ending
+            b"5\r\nhelloX\r\n0\r\n\r\n",     // data longer than its size
+            b"-5\r\n",                       // sign
+            b"0x5\r\n",                      // 0x prefix: 0 then x
+            b"fffffffffffffffff\r\n",        // overflow
+            b"0\r\nT: v\n\r\n",              // bare LF in trailer
+            b"0\r\n\n",                      // bare LF ending
         ];
         for body in bad {
             assert!(scan(body).is_err(), "{:?}", String::from_utf8_lossy(body));

@@ -80,7 +80,10 @@ impl<'b> RequestHead<'b> {
 
 /// Parse a request head from the start of `buf`. `Ok(None)`: more bytes needed (the caller
 /// must call again after reading more; limits are checked on every call).
-pub fn parse_request<'b>(buf: &'b [u8], limits: &Limits) -> Result<Option<RequestHead<'b>>, HttpError> {
+pub fn parse_request<'b>(
+    buf: &'b [u8],
+    limits: &Limits,
+) -> Result<Option<RequestHead<'b>>, HttpError> {
     check_request_line(buf, limits)?;
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let max = limits.headers.min(MAX_HEADERS);
@@ -123,14 +126,19 @@ pub fn parse_request<'b>(buf: &'b [u8], limits: &Limits) -> Result<Option<Reques
         })
         .collect();
     let facts = message_facts(&fields, minor_version, false)?;
-    let mut hosts = fields.iter().filter(|f| f.name.eq_ignore_ascii_case("host"));
+    let mut hosts = fields
+        .iter()
+        .filter(|f| f.name.eq_ignore_ascii_case("host"));
     match (hosts.next(), hosts.next()) {
         (Some(_), None) => {}
         (None, _) if minor_version == 0 => {}
         (None, _) => return Err(HttpError::Malformed("missing Host")),
         (Some(_), Some(_)) => return Err(HttpError::Malformed("duplicate Host")),
     }
-    if fields.iter().any(|f| f.name.eq_ignore_ascii_case("upgrade")) {
+    if fields
+        .iter()
+        .any(|f| f.name.eq_ignore_ascii_case("upgrade"))
+    {
         return Err(HttpError::Malformed("protocol upgrades are not proxied"));
     }
     let body = match facts.framing {
@@ -139,7 +147,10 @@ pub fn parse_request<'b>(buf: &'b [u8], limits: &Limits) -> Result<Option<Reques
         // A request without framing headers has no body (RFC 9112 section 6.3).
         Framing::Unframed => BodyKind::Length(0),
     };
-    let expect_continue = match fields.iter().find(|f| f.name.eq_ignore_ascii_case("expect")) {
+    let expect_continue = match fields
+        .iter()
+        .find(|f| f.name.eq_ignore_ascii_case("expect"))
+    {
         None => false,
         Some(f) if f.value.eq_ignore_ascii_case(b"100-continue") => true,
         Some(_) => return Err(HttpError::Malformed("unsupported Expect")),
@@ -306,7 +317,10 @@ pub(crate) fn message_facts(
         (false, None) => Framing::Unframed,
     };
     let keep_alive = !close && (minor_version == 1 || keep_alive_token);
-    Ok(MessageFacts { framing, keep_alive })
+    Ok(MessageFacts {
+        framing,
+        keep_alive,
+    })
 }
 
 /// 1*DIGIT, no sign, no whitespace inside, no list, and no overflow.
@@ -315,9 +329,9 @@ fn parse_content_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    value
-        .iter()
-        .try_fold(0u64, |acc, &d| acc.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+    value.iter().try_fold(0u64, |acc, &d| {
+        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 #[cfg(test)]
@@ -413,9 +427,13 @@ mod tests {
 
     #[test]
     fn keep_alive_follows_version_and_connection() {
-        let h = parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").expect("ok").expect("c");
+        let h = parse("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .expect("ok")
+            .expect("c");
         assert!(!h.keep_alive);
-        let h = parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").expect("ok").expect("c");
+        let h = parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .expect("ok")
+            .expect("c");
         assert!(h.keep_alive);
         let h = parse("GET / HTTP/1.0\r\n\r\n").expect("ok").expect("c");
         assert!(!h.keep_alive);
@@ -423,11 +441,18 @@ mod tests {
 
     #[test]
     fn framing_of_request_bodies() {
-        let h = parse("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n").expect("ok").expect("c");
+        let h = parse("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n")
+            .expect("ok")
+            .expect("c");
         assert_eq!(h.body, BodyKind::Length(12));
-        let h = parse("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n").expect("ok").expect("c");
+        let h = parse("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n")
+            .expect("ok")
+            .expect("c");
         assert_eq!(h.body, BodyKind::Chunked);
-        let h = parse("PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n").expect("ok").expect("c");
+        let h =
+            parse("PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
+                .expect("ok")
+                .expect("c");
         assert!(h.expect_continue);
     }
 }

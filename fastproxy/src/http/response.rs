@@ -97,16 +97,56 @@ mod tests {
     #[test]
     fn framing_table() {
         let cases: &[(&str, bool, Option<BodyKind>)] = &[
-            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false, Some(BodyKind::Length(5))),
-            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true, Some(BodyKind::Length(0))),
-            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false, Some(BodyKind::Chunked)),
-            ("HTTP/1.1 200 OK\r\n\r\n", false, Some(BodyKind::CloseDelimited)),
-            ("HTTP/1.1 204 No Content\r\n\r\n", false, Some(BodyKind::Length(0))),
-            ("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", false, Some(BodyKind::Length(0))),
-            ("HTTP/1.1 100 Continue\r\n\r\n", false, Some(BodyKind::Length(0))),
-            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", false, None),
-            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", false, None),
-            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false, None),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                false,
+                Some(BodyKind::Length(5)),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                true,
+                Some(BodyKind::Length(0)),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false,
+                Some(BodyKind::Chunked),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\n\r\n",
+                false,
+                Some(BodyKind::CloseDelimited),
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\n\r\n",
+                false,
+                Some(BodyKind::Length(0)),
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+                false,
+                Some(BodyKind::Length(0)),
+            ),
+            (
+                "HTTP/1.1 100 Continue\r\n\r\n",
+                false,
+                Some(BodyKind::Length(0)),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+                false,
+                None,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false,
+                None,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                false,
+                None,
+            ),
             ("HTTP/1.1 200 OK\nContent-Length: 5\r\n\r\n", false, None),
             ("HTTP/1.1 101 Switching Protocols\r\n\r\n", false, None),
             ("HTTP/1.1 999 Odd\r\n\r\n", false, None),
@@ -123,11 +163,16 @@ mod tests {
 
     #[test]
     fn close_delimited_is_never_kept_alive() {
-        let r = parse("HTTP/1.1 200 OK\r\n\r\n", false).expect("ok").expect("complete");
-        assert!(!r.keep_alive);
-        let r = parse("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", false)
+        let r = parse("HTTP/1.1 200 OK\r\n\r\n", false)
             .expect("ok")
             .expect("complete");
+        assert!(!r.keep_alive);
+        let r = parse(
+            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            false,
+        )
+        .expect("ok")
+        .expect("complete");
         assert!(!r.keep_alive);
     }
 }

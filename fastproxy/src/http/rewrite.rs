@@ -31,7 +31,8 @@ fn is_hop_by_hop(name: &str) -> bool {
 }
 
 fn starts_with_ignore_case(name: &str, prefix: &str) -> bool {
-    name.len() >= prefix.len() && name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    name.len() >= prefix.len()
+        && name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }
 
 /// Whether `name` is listed in any `Connection` field of `fields`.
@@ -44,7 +45,9 @@ fn named_by_connection(fields: &[Field<'_>], name: &str) -> bool {
 }
 
 /// Fields of a request that are forwarded as they are.
-pub fn forwarded_request_fields<'a, 'b>(head: &'a RequestHead<'b>) -> impl Iterator<Item = &'a Field<'b>> {
+pub fn forwarded_request_fields<'a, 'b>(
+    head: &'a RequestHead<'b>,
+) -> impl Iterator<Item = &'a Field<'b>> {
     head.fields.iter().filter(move |f| {
         !is_hop_by_hop(f.name)
             && !starts_with_ignore_case(f.name, PROXY_FIELD_PREFIX)
@@ -146,7 +149,9 @@ mod tests {
     use crate::http::response::parse_response;
 
     fn upstream(raw: &str, added: &[(&str, &[u8])]) -> String {
-        let head = parse_request(raw.as_bytes(), &Limits::default()).expect("valid").expect("complete");
+        let head = parse_request(raw.as_bytes(), &Limits::default())
+            .expect("valid")
+            .expect("complete");
         let mut out = Vec::new();
         write_upstream_request(&mut out, &head, added);
         String::from_utf8(out).expect("utf8")
@@ -168,8 +173,12 @@ mod tests {
     fn reserialised_head_parses_to_the_same_meaning() {
         let raw = "PUT /status HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nx-ms-version: 2015-09-01\r\n\r\n";
         let out = upstream(raw, &[]);
-        let a = parse_request(raw.as_bytes(), &Limits::default()).expect("ok").expect("c");
-        let b = parse_request(out.as_bytes(), &Limits::default()).expect("ok").expect("c");
+        let a = parse_request(raw.as_bytes(), &Limits::default())
+            .expect("ok")
+            .expect("c");
+        let b = parse_request(out.as_bytes(), &Limits::default())
+            .expect("ok")
+            .expect("c");
         assert_eq!((a.method, a.target, a.body), (b.method, b.target, b.body));
         assert_eq!(a.fields, b.fields);
     }
@@ -177,7 +186,9 @@ mod tests {
     #[test]
     fn response_gets_exactly_one_marker() {
         let raw = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nx-ms-azure-host-authorization: upstream\r\nConnection: keep-alive\r\n\r\n";
-        let head = parse_response(raw.as_bytes(), false, &Limits::default()).expect("ok").expect("c");
+        let head = parse_response(raw.as_bytes(), false, &Limits::default())
+            .expect("ok")
+            .expect("c");
         let mut out = Vec::new();
         write_client_response(&mut out, &head, true);
         let text = String::from_utf8(out).expect("utf8");

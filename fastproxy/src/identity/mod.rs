@@ -65,7 +65,11 @@ impl CallerRecord {
 
     /// The task's command name (up to 15 bytes, as the kernel keeps it).
     pub fn comm(&self) -> &str {
-        let len = self.comm.iter().position(|&b| b == 0).unwrap_or(self.comm.len());
+        let len = self
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.comm.len());
         std::str::from_utf8(&self.comm[..len]).unwrap_or("?")
     }
 }
@@ -95,7 +99,17 @@ mod tests {
     fn comm_stops_at_nul() {
         let mut comm = [0u8; 16];
         comm[..4].copy_from_slice(b"curl");
-        let r = CallerRecord::new(1, 1, 0, 0, None, 0, 0, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1), comm);
+        let r = CallerRecord::new(
+            1,
+            1,
+            0,
+            0,
+            None,
+            0,
+            0,
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1),
+            comm,
+        );
         assert_eq!(r.comm(), "curl");
     }
 }

@@ -45,8 +45,12 @@ impl Decision {
 /// Evaluate the built-in rules.
 pub fn evaluate(caller: &CallerRecord, endpoint: EndpointKind) -> Decision {
     match endpoint {
-        EndpointKind::WireServer | EndpointKind::HostGaPlugin if caller.is_root() => Decision::Allow("builtin: root"),
-        EndpointKind::WireServer | EndpointKind::HostGaPlugin => Decision::Deny(DenyReason::RootOnly),
+        EndpointKind::WireServer | EndpointKind::HostGaPlugin if caller.is_root() => {
+            Decision::Allow("builtin: root")
+        }
+        EndpointKind::WireServer | EndpointKind::HostGaPlugin => {
+            Decision::Deny(DenyReason::RootOnly)
+        }
         EndpointKind::Imds => Decision::Allow("builtin: imds open"),
     }
 }
@@ -78,14 +82,24 @@ mod tests {
         ];
         for (uid, ep, allowed) in cases {
             let caller = CallerRecord::for_uid(uid, dst);
-            assert_eq!(evaluate(&caller, ep).is_allowed(), allowed, "uid {uid} -> {ep}");
+            assert_eq!(
+                evaluate(&caller, ep).is_allowed(),
+                allowed,
+                "uid {uid} -> {ep}"
+            );
         }
     }
 
     #[test]
     fn claims_text_is_exact() {
         let dst = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 80);
-        assert_eq!(claims_header(&CallerRecord::for_uid(0, dst)), "{ \"isRoot\": \"true\"}");
-        assert_eq!(claims_header(&CallerRecord::for_uid(7, dst)), "{ \"isRoot\": \"false\"}");
+        assert_eq!(
+            claims_header(&CallerRecord::for_uid(0, dst)),
+            "{ \"isRoot\": \"true\"}"
+        );
+        assert_eq!(
+            claims_header(&CallerRecord::for_uid(7, dst)),
+            "{ \"isRoot\": \"false\"}"
+        );
     }
 }

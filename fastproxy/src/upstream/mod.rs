@@ -20,7 +20,11 @@ pub enum EndpointKind {
 }
 
 impl EndpointKind {
-    pub const ALL: [EndpointKind; 3] = [EndpointKind::WireServer, EndpointKind::HostGaPlugin, EndpointKind::Imds];
+    pub const ALL: [EndpointKind; 3] = [
+        EndpointKind::WireServer,
+        EndpointKind::HostGaPlugin,
+        EndpointKind::Imds,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -114,10 +118,16 @@ mod tests {
     fn routes_by_exact_address_and_port() {
         let t = EndpointTable::azure();
         let ws = SocketAddrV4::new(Ipv4Addr::new(168, 63, 129, 16), 80);
-        assert_eq!(t.by_addr(ws).map(|e| e.kind), Some(EndpointKind::WireServer));
+        assert_eq!(
+            t.by_addr(ws).map(|e| e.kind),
+            Some(EndpointKind::WireServer)
+        );
         let dns = SocketAddrV4::new(Ipv4Addr::new(168, 63, 129, 16), 53);
         assert_eq!(t.by_addr(dns), None);
-        assert_eq!("HostGA".parse::<EndpointKind>(), Ok(EndpointKind::HostGaPlugin));
+        assert_eq!(
+            "HostGA".parse::<EndpointKind>(),
+            Ok(EndpointKind::HostGaPlugin)
+        );
         assert!("metadata".parse::<EndpointKind>().is_err());
     }
 }

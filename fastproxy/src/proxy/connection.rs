@@ -1,0 +1,735 @@
+//! One client connection, request by request.
+//!
+//! Life of a request: read the head (10 s deadline) → parse strictly → refuse early (no caller
+//! record 421, not a guarded endpoint 421, denied 403) → write the re-serialised head upstream
+//! → forward the body as it arrives → read the response head (30 s) → write the client's head
+//! (with the marker) → relay the body → access log. Nothing of a request that fails to parse
+//! reaches the upstream; a response that cannot be framed becomes a 502 before any byte of it
+//! reaches the client, and a failure after that closes the client connection mid-body so the
+//! client never takes a truncated response for a complete one.
+
+use std::io;
+use std::net::SocketAddrV4;
+use std::ops::Range;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tokio::time::timeout_at;
+use tokio_uring::net::TcpStream;
+use tracing::{debug, info};
+
+use super::io::{read_append, write_all, write_range};
+use crate::config::ProxySettings;
+use crate::http::head::ALLOW_HEADER;
+use crate::http::rewrite::{write_client_response, write_local_response, write_upstream_request};
+use crate::http::{parse_request, parse_response, BodyKind, ChunkedDecoder, HttpError};
+use crate::identity::kernel::CallerLookup;
+use crate::identity::CallerRecord;
+use crate::policy::{self, Decision};
+use crate::telemetry::ACCESS_TARGET;
+use crate::upstream::connect::{connect_marked, ConnectError};
+use crate::upstream::GuardedEndpoint;
+
+/// Largest single read of a body.
+const RELAY_CHUNK: usize = 64 * 1024;
+/// How long a refused client gets to finish sending before the socket closes (closing with
+/// unread input would reset the connection and destroy the error response in flight).
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// What every connection of a worker shares.
+pub(crate) struct WorkerCtx {
+    settings: ProxySettings,
+    lookup: Arc<CallerLookup>,
+    local: SocketAddrV4,
+}
+
+impl WorkerCtx {
+    pub(crate) fn new(
+        settings: ProxySettings,
+        lookup: Arc<CallerLookup>,
+        local: SocketAddrV4,
+    ) -> Self {
+        WorkerCtx {
+            settings,
+            lookup,
+            local,
+        }
+    }
+}
+
+/// Everything that ends an exchange other than success.
+#[derive(Debug, Error)]
+pub(crate) enum ProxyError {
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error("the connection was not redirected by the kernel (no caller record)")]
+    NoCallerRecord,
+    #[error("{0} is not a guarded endpoint")]
+    NotGuarded(SocketAddrV4),
+    #[error("denied by {0}")]
+    Denied(&'static str),
+    #[error("request head not complete within {0:?}")]
+    HeaderTimeout(Duration),
+    #[error("upstream: {0}")]
+    Connect(#[from] ConnectError),
+    #[error("upstream {context}: {source}")]
+    UpstreamIo {
+        context: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("upstream closed the connection before a complete response")]
+    UpstreamClosed,
+    #[error("no response head from upstream within {0:?}")]
+    UpstreamTimeout(Duration),
+    #[error("client went away: {0}")]
+    ClientGone(&'static str),
+}
+
+/// The one mapping from an error to what the client is told: status and a short reason.
+/// The log gets the whole error; the client only this.
+pub(crate) fn to_response(err: &ProxyError) -> (u16, &'static str) {
+    match err {
+        ProxyError::Http(e) => (
+            e.status(),
+            match e {
+                HttpError::MethodNotAllowed(_) => "method not allowed",
+                HttpError::Traversal => "path traversal refused",
+                HttpError::RequestLineTooLong(_) => "request line too long",
+                HttpError::HeadTooLarge(_) | HttpError::TooManyHeaders(_) => {
+                    "request head too large"
+                }
+                HttpError::BadResponse(_) => "bad response from upstream",
+                HttpError::Malformed(_) | HttpError::Framing(_) => "malformed request",
+            },
+        ),
+        ProxyError::NoCallerRecord => (421, "connection not redirected by fastproxy"),
+        ProxyError::NotGuarded(_) => (421, "not a guarded endpoint"),
+        ProxyError::Denied(_) => (403, "forbidden by policy"),
+        ProxyError::HeaderTimeout(_) => (408, "request head timeout"),
+        ProxyError::Connect(ConnectError::TimedOut(_)) => (504, "upstream connect timeout"),
+        ProxyError::Connect(_) | ProxyError::UpstreamIo { .. } | ProxyError::UpstreamClosed => {
+            (502, "upstream unavailable")
+        }
+        ProxyError::UpstreamTimeout(_) => (504, "upstream response timeout"),
+        ProxyError::ClientGone(_) => (400, "client went away"),
+    }
+}
+
+/// A parsed request, reduced to what the exchange needs once the head's borrow ends.
+struct Plan {
+    head_len: usize,
+    method: Range<usize>,
+    path: Range<usize>,
+    body: BodyKind,
+    keep_alive: bool,
+    expect_continue: bool,
+    head_request: bool,
+    endpoint: Option<GuardedEndpoint>,
+    decision: Option<Decision>,
+    /// Set when the request is refused before anything is forwarded.
+    refusal: Option<ProxyError>,
+    started: Instant,
+}
+
+/// How an exchange ended, for the access log and the connection's fate.
+struct Ending {
+    status: u16,
+    /// The client connection must close after this exchange.
+    close: bool,
+    /// Where the next request starts in the input buffer.
+    consumed: usize,
+}
+
+/// An exchange that failed: `answered` says whether the client already got response bytes
+/// (then no error response can be sent, only a close).
+struct Failure {
+    error: ProxyError,
+    answered: bool,
+}
+
+impl From<ProxyError> for Failure {
+    fn from(error: ProxyError) -> Self {
+        Failure {
+            error,
+            answered: false,
+        }
+    }
+}
+
+struct Upstream {
+    stream: TcpStream,
+    addr: SocketAddrV4,
+}
+
+fn stream_of(upstream: &Option<Upstream>) -> Result<&TcpStream, ProxyError> {
+    upstream
+        .as_ref()
+        .map(|u| &u.stream)
+        .ok_or(ProxyError::UpstreamClosed)
+}
+
+/// One step of reading a response head.
+enum HeadStep {
+    More,
+    Interim(usize),
+    Final {
+        status: u16,
+        body: BodyKind,
+        keep: bool,
+        head_len: usize,
+        close: bool,
+    },
+}
+
+struct Connection {
+    client: TcpStream,
+    peer: SocketAddrV4,
+    caller: Option<CallerRecord>,
+    ctx: Rc<WorkerCtx>,
+    /// Client bytes: the current head, then whatever followed it.
+    input: Vec<u8>,
+    /// Heads the proxy writes.
+    out: Vec<u8>,
+    /// Body bytes in transit.
+    relay: Vec<u8>,
+    /// Upstream bytes: the response head, then whatever followed it.
+    response: Vec<u8>,
+    upstream: Option<Upstream>,
+}
+
+/// Serve one accepted connection until it closes.
+pub(crate) async fn serve(client: TcpStream, peer: SocketAddrV4, ctx: Rc<WorkerCtx>) {
+    let _ = client.set_nodelay(true);
+    let caller = ctx.lookup.lookup(&client, ctx.local, peer);
+    let conn = Connection {
+        client,
+        peer,
+        caller,
+        ctx,
+        input: Vec::with_capacity(8 * 1024),
+        out: Vec::with_capacity(2 * 1024),
+        relay: Vec::new(),
+        response: Vec::with_capacity(8 * 1024),
+        upstream: None,
+    };
+    conn.run().await;
+}
+
+impl Connection {
+    async fn run(mut self) {
+        let mut first = true;
+        loop {
+            let plan = match self.next_request(first).await {
+                Ok(Some(plan)) => plan,
+                Ok(None) => break,
+                Err(error) => {
+                    let (status, _) = to_response(&error);
+                    self.log_unparsed(status, &error);
+                    self.answer_error(&error).await;
+                    return;
+                }
+            };
+            first = false;
+            match self.exchange(&plan).await {
+                Ok(ending) => {
+                    self.log(&plan, ending.status, None);
+                    if ending.close {
+                        break;
+                    }
+                    self.input.drain(..ending.consumed);
+                }
+                Err(failure) => {
+                    let (status, _) = to_response(&failure.error);
+                    self.drop_upstream();
+                    if failure.answered {
+                        self.log(&plan, 0, Some(&failure.error));
+                        self.abort();
+                    } else {
+                        self.log(&plan, status, Some(&failure.error));
+                        self.answer_error(&failure.error).await;
+                    }
+                    return;
+                }
+            }
+        }
+        self.drop_upstream();
+        let _ = self.client.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// Read until a complete head is buffered; `None` when the client closed or idled out
+    /// between requests.
+    async fn next_request(&mut self, first: bool) -> Result<Option<Plan>, ProxyError> {
+        let timeouts = self.ctx.settings.timeouts;
+        let limit = self.ctx.settings.limits.head + 1;
+        let mut deadline = tokio::time::Instant::now()
+            + if first || !self.input.is_empty() {
+                timeouts.header
+            } else {
+                timeouts.idle
+            };
+        loop {
+            if !self.input.is_empty() {
+                if let Some(plan) = self.try_plan()? {
+                    return Ok(Some(plan));
+                }
+            }
+            let was_empty = self.input.is_empty();
+            let want = limit.saturating_sub(self.input.len()).max(1);
+            match timeout_at(deadline, read_append(&self.client, &mut self.input, want)).await {
+                Err(_) if was_empty => return Ok(None),
+                Err(_) => return Err(ProxyError::HeaderTimeout(timeouts.header)),
+                Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
+                Ok(Ok(_)) if was_empty && !first => {
+                    deadline = tokio::time::Instant::now() + timeouts.header;
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Parse the buffered head and decide what to do with it, writing the upstream head into
+    /// `out` when the request may pass.
+    fn try_plan(&mut self) -> Result<Option<Plan>, ProxyError> {
+        let settings = &self.ctx.settings;
+        let Some(head) = parse_request(&self.input, &settings.limits)? else {
+            return Ok(None);
+        };
+        let base = self.input.as_ptr() as usize;
+        let range = |s: &str| {
+            let start = s.as_ptr() as usize - base;
+            start..start + s.len()
+        };
+        let mut plan = Plan {
+            head_len: head.head_len,
+            method: range(head.method),
+            path: range(head.path()),
+            body: head.body,
+            keep_alive: head.keep_alive,
+            expect_continue: head.expect_continue,
+            head_request: head.method == "HEAD",
+            endpoint: None,
+            decision: None,
+            refusal: None,
+            started: Instant::now(),
+        };
+        let Some(caller) = self.caller else {
+            plan.refusal = Some(ProxyError::NoCallerRecord);
+            return Ok(Some(plan));
+        };
+        let Some(endpoint) = settings.endpoints.by_addr(caller.original_dst) else {
+            plan.refusal = Some(ProxyError::NotGuarded(caller.original_dst));
+            return Ok(Some(plan));
+        };
+        plan.endpoint = Some(endpoint);
+        let decision = policy::evaluate(&caller, endpoint.kind);
+        plan.decision = Some(decision);
+        if let Decision::Deny(reason) = decision {
+            plan.refusal = Some(ProxyError::Denied(reason.as_str()));
+            return Ok(Some(plan));
+        }
+        self.out.clear();
+        let claims = policy::claims_header(&caller);
+        write_upstream_request(
+            &mut self.out,
+            &head,
+            &[("x-ms-azure-host-claims", claims.as_bytes())],
+        );
+        Ok(Some(plan))
+    }
+
+    async fn exchange(&mut self, plan: &Plan) -> Result<Ending, Failure> {
+        if let Some(refusal) = &plan.refusal {
+            // Refusals are answered without forwarding anything; rebuild the error (the plan
+            // keeps its own copy for the log).
+            return Err(Failure::from(match refusal {
+                ProxyError::NoCallerRecord => ProxyError::NoCallerRecord,
+                ProxyError::NotGuarded(a) => ProxyError::NotGuarded(*a),
+                ProxyError::Denied(r) => ProxyError::Denied(r),
+                _ => ProxyError::Denied("refused"),
+            }));
+        }
+        let endpoint = plan.endpoint.ok_or(ProxyError::Denied("no endpoint"))?;
+        if plan.expect_continue {
+            let mut cont = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+            write_all(&self.client, &mut cont)
+                .await
+                .map_err(|_| ProxyError::ClientGone("before 100-continue"))?;
+        }
+        self.send_head(endpoint.addr).await?;
+        let consumed = self.forward_request_body(plan).await?;
+        let (status, keep_upstream, close) = self.relay_response(plan).await?;
+        if !keep_upstream {
+            self.drop_upstream();
+        }
+        Ok(Ending {
+            status,
+            close,
+            consumed,
+        })
+    }
+
+    /// Write the upstream head, on a kept connection when there is one to this endpoint. A
+    /// kept connection that fails on this first write has received nothing of the request,
+    /// so one fresh connection is tried.
+    async fn send_head(&mut self, addr: SocketAddrV4) -> Result<(), ProxyError> {
+        if self.upstream.as_ref().is_some_and(|u| u.addr != addr) {
+            self.drop_upstream();
+        }
+        if let Some(up) = &self.upstream {
+            if write_all(&up.stream, &mut self.out).await.is_ok() {
+                return Ok(());
+            }
+            self.drop_upstream();
+        }
+        let settings = &self.ctx.settings;
+        let stream =
+            connect_marked(addr, settings.mark, settings.timeouts.upstream_connect).await?;
+        let up = self.upstream.insert(Upstream { stream, addr });
+        write_all(&up.stream, &mut self.out)
+            .await
+            .map_err(|source| ProxyError::UpstreamIo {
+                context: "writing the request head",
+                source,
+            })
+    }
+
+    /// Forward the request body; returns where the next request starts in `input`.
+    async fn forward_request_body(&mut self, plan: &Plan) -> Result<usize, ProxyError> {
+        let idle = self.ctx.settings.timeouts.idle;
+        let mut pos = plan.head_len;
+        let upstream_err = |source| ProxyError::UpstreamIo {
+            context: "writing the request body",
+            source,
+        };
+        match plan.body {
+            BodyKind::Length(total) => {
+                let avail = (self.input.len() - pos) as u64;
+                let take = total.min(avail) as usize;
+                let up = stream_of(&self.upstream)?;
+                write_range(up, &mut self.input, pos..pos + take)
+                    .await
+                    .map_err(upstream_err)?;
+                pos += take;
+                let mut remaining = total - take as u64;
+                while remaining > 0 {
+                    self.relay.clear();
+                    let want = remaining.min(RELAY_CHUNK as u64) as usize;
+                    let n = self.read_client_body(want, idle).await?;
+                    let up = stream_of(&self.upstream)?;
+                    write_all(up, &mut self.relay).await.map_err(upstream_err)?;
+                    remaining -= n as u64;
+                }
+            }
+            BodyKind::Chunked => {
+                let mut decoder = ChunkedDecoder::new(false);
+                let used = decoder.advance(&self.input[pos..])?;
+                let up = stream_of(&self.upstream)?;
+                write_range(up, &mut self.input, pos..pos + used)
+                    .await
+                    .map_err(upstream_err)?;
+                pos += used;
+                while !decoder.is_done() {
+                    self.relay.clear();
+                    self.read_client_body(RELAY_CHUNK, idle).await?;
+                    let used = decoder.advance(&self.relay)?;
+                    let up = stream_of(&self.upstream)?;
+                    write_range(up, &mut self.relay, 0..used)
+                        .await
+                        .map_err(upstream_err)?;
+                    if decoder.is_done() {
+                        // Bytes after the body belong to the next (pipelined) request.
+                        self.input.truncate(pos);
+                        self.input.extend_from_slice(&self.relay[used..]);
+                    }
+                }
+            }
+            BodyKind::CloseDelimited => {
+                return Err(HttpError::Framing("request without framing").into())
+            }
+        }
+        Ok(pos)
+    }
+
+    async fn read_client_body(&mut self, want: usize, idle: Duration) -> Result<usize, ProxyError> {
+        if self.relay.capacity() < RELAY_CHUNK {
+            self.relay.reserve(RELAY_CHUNK);
+        }
+        match tokio::time::timeout(idle, read_append(&self.client, &mut self.relay, want)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => Err(ProxyError::ClientGone("in the request body")),
+            Ok(Ok(n)) => Ok(n),
+            Err(_) => Err(ProxyError::ClientGone("stalled in the request body")),
+        }
+    }
+
+    /// Read the response head, write the client's head, relay the body. Returns the status,
+    /// whether the upstream connection can be kept, and whether the client's must close.
+    async fn relay_response(&mut self, plan: &Plan) -> Result<(u16, bool, bool), Failure> {
+        let settings = &self.ctx.settings;
+        let head_timeout = settings.timeouts.upstream_head;
+        let limits = settings.limits;
+        let deadline = tokio::time::Instant::now() + head_timeout;
+        self.response.clear();
+        let (status, body, upstream_keep, head_len, close) = loop {
+            let up = stream_of(&self.upstream)?;
+            let n = match timeout_at(
+                deadline,
+                read_append(up, &mut self.response, limits.head + 1),
+            )
+            .await
+            {
+                Err(_) => return Err(ProxyError::UpstreamTimeout(head_timeout).into()),
+                Ok(Err(source)) => {
+                    return Err(ProxyError::UpstreamIo {
+                        context: "reading the response head",
+                        source,
+                    }
+                    .into())
+                }
+                Ok(Ok(n)) => n,
+            };
+            if n == 0 {
+                return Err(ProxyError::UpstreamClosed.into());
+            }
+            let step = match parse_response(&self.response, plan.head_request, &limits)
+                .map_err(ProxyError::from)?
+            {
+                None => HeadStep::More,
+                // The proxy answered any 100-continue itself; interim responses stop here.
+                Some(head) if head.is_interim() => HeadStep::Interim(head.head_len),
+                Some(head) => {
+                    let close = !plan.keep_alive || head.body == BodyKind::CloseDelimited;
+                    self.out.clear();
+                    write_client_response(&mut self.out, &head, close);
+                    HeadStep::Final {
+                        status: head.status,
+                        body: head.body,
+                        keep: head.keep_alive,
+                        head_len: head.head_len,
+                        close,
+                    }
+                }
+            };
+            match step {
+                HeadStep::More => {}
+                HeadStep::Interim(len) => {
+                    self.response.drain(..len);
+                }
+                HeadStep::Final {
+                    status,
+                    body,
+                    keep,
+                    head_len,
+                    close,
+                } => break (status, body, keep, head_len, close),
+            }
+        };
+        write_all(&self.client, &mut self.out)
+            .await
+            .map_err(|_| ProxyError::ClientGone("before the response head"))?;
+        let answered = |error| Failure {
+            error,
+            answered: true,
+        };
+        let mut extra = false;
+        let pos = head_len;
+        match body {
+            BodyKind::Length(total) => {
+                let avail = (self.response.len() - pos) as u64;
+                extra = avail > total;
+                let take = total.min(avail) as usize;
+                self.write_client_range(pos..pos + take)
+                    .await
+                    .map_err(answered)?;
+                let mut remaining = total - take as u64;
+                while remaining > 0 {
+                    let want = remaining.min(RELAY_CHUNK as u64) as usize;
+                    let n = self
+                        .read_upstream_body(want, head_timeout)
+                        .await
+                        .map_err(answered)?;
+                    if n == 0 {
+                        return Err(answered(ProxyError::UpstreamClosed));
+                    }
+                    self.write_client_relay(0..n).await.map_err(answered)?;
+                    remaining -= n as u64;
+                }
+            }
+            BodyKind::Chunked => {
+                let mut decoder = ChunkedDecoder::new(true);
+                let used = decoder
+                    .advance(&self.response[pos..])
+                    .map_err(|e| answered(e.into()))?;
+                extra = decoder.is_done() && pos + used < self.response.len();
+                self.write_client_range(pos..pos + used)
+                    .await
+                    .map_err(answered)?;
+                while !decoder.is_done() {
+                    let n = self
+                        .read_upstream_body(RELAY_CHUNK, head_timeout)
+                        .await
+                        .map_err(answered)?;
+                    if n == 0 {
+                        return Err(answered(ProxyError::UpstreamClosed));
+                    }
+                    let used = decoder
+                        .advance(&self.relay[..n])
+                        .map_err(|e| answered(e.into()))?;
+                    extra = decoder.is_done() && used < n;
+                    self.write_client_relay(0..used).await.map_err(answered)?;
+                }
+            }
+            BodyKind::CloseDelimited => {
+                let len = self.response.len();
+                self.write_client_range(pos..len).await.map_err(answered)?;
+                loop {
+                    let n = self
+                        .read_upstream_body(RELAY_CHUNK, head_timeout)
+                        .await
+                        .map_err(answered)?;
+                    if n == 0 {
+                        break;
+                    }
+                    self.write_client_relay(0..n).await.map_err(answered)?;
+                }
+            }
+        }
+        Ok((status, upstream_keep && !extra, close))
+    }
+
+    async fn read_upstream_body(
+        &mut self,
+        want: usize,
+        wait: Duration,
+    ) -> Result<usize, ProxyError> {
+        self.relay.clear();
+        if self.relay.capacity() < RELAY_CHUNK {
+            self.relay.reserve(RELAY_CHUNK);
+        }
+        let up = self
+            .upstream
+            .as_ref()
+            .map(|u| &u.stream)
+            .ok_or(ProxyError::UpstreamClosed)?;
+        match tokio::time::timeout(wait, read_append(up, &mut self.relay, want)).await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(source)) => Err(ProxyError::UpstreamIo {
+                context: "reading the response body",
+                source,
+            }),
+            Err(_) => Err(ProxyError::UpstreamTimeout(wait)),
+        }
+    }
+
+    async fn write_client_range(&mut self, range: Range<usize>) -> Result<(), ProxyError> {
+        write_range(&self.client, &mut self.response, range)
+            .await
+            .map_err(|_| ProxyError::ClientGone("in the response body"))
+    }
+
+    async fn write_client_relay(&mut self, range: Range<usize>) -> Result<(), ProxyError> {
+        write_range(&self.client, &mut self.relay, range)
+            .await
+            .map_err(|_| ProxyError::ClientGone("in the response body"))
+    }
+
+    fn drop_upstream(&mut self) {
+        if let Some(up) = self.upstream.take() {
+            let _ = up.stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Close without a response (the client already has part of one).
+    fn abort(&mut self) {
+        let _ = self.client.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// Answer with the error's status and `Connection: close`, then close gracefully.
+    async fn answer_error(&mut self, error: &ProxyError) {
+        if matches!(error, ProxyError::ClientGone(_)) {
+            self.abort();
+            return;
+        }
+        let (status, reason) = to_response(error);
+        let extra: &[(&str, &str)] = match error {
+            ProxyError::Http(HttpError::MethodNotAllowed(_)) => &[("Allow", ALLOW_HEADER)],
+            _ => &[],
+        };
+        self.out.clear();
+        let body = format!("{reason}\n");
+        write_local_response(&mut self.out, status, extra, &body);
+        if write_all(&self.client, &mut self.out).await.is_ok() {
+            let _ = self.client.shutdown(std::net::Shutdown::Write);
+            self.linger().await;
+        }
+        self.abort();
+    }
+
+    /// Drain what the client still sends, briefly, so closing does not reset the connection
+    /// before the client has read the response.
+    async fn linger(&mut self) {
+        let deadline = tokio::time::Instant::now() + LINGER;
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            self.relay.clear();
+            match timeout_at(
+                deadline,
+                read_append(&self.client, &mut self.relay, RELAY_CHUNK),
+            )
+            .await
+            {
+                Ok(Ok(n)) if n > 0 => drained += n,
+                _ => break,
+            }
+        }
+    }
+
+    fn log(&self, plan: &Plan, status: u16, error: Option<&ProxyError>) {
+        let method = std::str::from_utf8(&self.input[plan.method.clone()]).unwrap_or("?");
+        let path = std::str::from_utf8(&self.input[plan.path.clone()]).unwrap_or("?");
+        let endpoint = plan.endpoint.map_or("-", |e| e.kind.name());
+        let (decision, rule) = match plan.decision {
+            Some(Decision::Allow(rule)) => ("allow", rule),
+            Some(Decision::Deny(reason)) => ("deny", reason.as_str()),
+            None => ("none", "-"),
+        };
+        let c = self.caller.unwrap_or_default();
+        info!(
+            target: ACCESS_TARGET,
+            peer = %self.peer,
+            caller_pid = c.tgid,
+            caller_tid = c.pid,
+            caller_uid = c.uid,
+            caller_gid = c.gid,
+            caller_comm = c.comm(),
+            has_record = self.caller.is_some(),
+            endpoint,
+            method,
+            path,
+            decision,
+            rule,
+            status,
+            latency_us = plan.started.elapsed().as_micros() as u64,
+            error = error.map(|e| e.to_string()),
+            "request"
+        );
+    }
+
+    fn log_unparsed(&self, status: u16, error: &ProxyError) {
+        let c = self.caller.unwrap_or_default();
+        info!(
+            target: ACCESS_TARGET,
+            peer = %self.peer,
+            caller_pid = c.tgid,
+            caller_uid = c.uid,
+            has_record = self.caller.is_some(),
+            status,
+            error = %error,
+            "request refused before routing"
+        );
+        debug!(error = ?error, "request refused");
+    }
+}

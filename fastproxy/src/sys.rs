@@ -1,0 +1,165 @@
+//! The few places fastproxy talks to the kernel below the level of its crates: an io_uring
+//! connect op for marked sockets, and process set-up for the demo and tests (network
+//! namespace, cgroup, privileges) run between fork and exec. Every unsafe block is here.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::RawFd;
+
+use io_uring::{cqueue, opcode, types};
+use socket2::SockAddr;
+use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
+
+// === impl ConnectOp ===
+
+/// Keeps the socket address alive until the kernel has completed the connect, even when the
+/// future that submitted it is dropped (tokio-uring holds the data until the completion).
+#[derive(Debug)]
+pub struct ConnectData {
+    _addr: Box<SockAddr>,
+}
+
+/// Turns the connect completion into an `io::Result`.
+#[derive(Debug)]
+pub struct ConnectTransform;
+
+impl OneshotOutputTransform for ConnectTransform {
+    type Output = io::Result<()>;
+    type StoredData = ConnectData;
+
+    fn transform_oneshot_output(self, _data: ConnectData, cqe: cqueue::Entry) -> io::Result<()> {
+        let res = cqe.result();
+        if res < 0 {
+            Err(io::Error::from_raw_os_error(-res))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// An io_uring `IORING_OP_CONNECT` on a socket the caller created (and marked) itself;
+/// tokio-uring's own connect makes its socket internally, too late to mark it.
+pub fn connect_op(fd: RawFd, addr: SockAddr) -> UnsubmittedOneshot<ConnectData, ConnectTransform> {
+    let addr = Box::new(addr);
+    let sqe = opcode::Connect::new(types::Fd(fd), addr.as_ptr().cast(), addr.len()).build();
+    UnsubmittedOneshot::new(ConnectData { _addr: addr }, ConnectTransform, sqe)
+}
+
+// === process set-up between fork and exec ===
+
+/// What a child process must become before it execs: run inside a network namespace, in a
+/// cgroup, as a user. Prepared before fork (allocation is not allowed after it).
+#[derive(Debug)]
+pub struct ChildSetup {
+    netns_fd: Option<RawFd>,
+    cgroup_procs: Option<CString>,
+    ids: Option<(u32, u32)>,
+}
+
+impl ChildSetup {
+    pub fn new() -> Self {
+        ChildSetup {
+            netns_fd: None,
+            cgroup_procs: None,
+            ids: None,
+        }
+    }
+
+    /// Enter the network namespace open at `fd` (must stay open until the spawn).
+    pub fn netns(mut self, fd: RawFd) -> Self {
+        self.netns_fd = Some(fd);
+        self
+    }
+
+    /// Join the cgroup whose `cgroup.procs` file is at `path`.
+    pub fn cgroup(mut self, procs_path: &std::path::Path) -> io::Result<Self> {
+        use std::os::unix::ffi::OsStrExt;
+        self.cgroup_procs = Some(
+            CString::new(procs_path.as_os_str().as_bytes())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in cgroup path"))?,
+        );
+        Ok(self)
+    }
+
+    /// Drop to this uid and gid (with no supplementary groups).
+    pub fn user(mut self, uid: u32, gid: u32) -> Self {
+        self.ids = Some((uid, gid));
+        self
+    }
+
+    /// Apply the set-up to `cmd`, in the order namespace, cgroup, privileges (joining a cgroup
+    /// needs the privileges that are dropped last).
+    pub fn apply(self, cmd: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
+        let setup = self;
+        let hook = move || -> io::Result<()> {
+            // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe; the child dies with the
+            // process that started it, so an interrupted demo or test leaves nothing behind.
+            if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some(fd) = setup.netns_fd {
+                // SAFETY: plain syscall on a descriptor the parent keeps open across the spawn.
+                if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if let Some(path) = &setup.cgroup_procs {
+                // SAFETY: async-signal-safe calls only (open, write, close) on a C string
+                // allocated before the fork; "0" moves the calling process.
+                unsafe {
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                    if written != 1 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+            }
+            if let Some((uid, gid)) = setup.ids {
+                // SAFETY: async-signal-safe credential syscalls; groups first, uid last.
+                unsafe {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(gid) != 0
+                        || libc::setuid(uid) != 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+            }
+            Ok(())
+        };
+        // SAFETY: the hook performs only async-signal-safe syscalls and allocates nothing.
+        unsafe {
+            cmd.pre_exec(hook);
+        }
+    }
+}
+
+impl Default for ChildSetup {
+    fn default() -> Self {
+        ChildSetup::new()
+    }
+}
+
+/// Whether the process has an effective capability (by number), from /proc/self/status.
+pub fn has_capability(cap: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1u64 << cap) != 0)
+}
+
+/// Capability numbers fastproxy checks for (linux/capability.h).
+pub mod caps {
+    pub const CAP_NET_ADMIN: u32 = 12;
+    pub const CAP_SYS_ADMIN: u32 = 21;
+    pub const CAP_BPF: u32 = 39;
+}
