@@ -1,1 +1,432 @@
-//! End-to-end tests (being written).
+//! End-to-end tests: the real kernel programs, the real proxy binary, real curl, and the
+//! stand-in endpoints, inside a private network namespace and a child cgroup per test.
+//!
+//! These need root (eBPF, namespaces, cgroups). Without it each test prints a loud SKIPPED
+//! line and passes; CI runs as root, so there they run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use fastproxy::demo::{azure_addresses, curl, start_stack, CurlResult, Sandbox, NOBODY};
+use fastproxy_standin::{read_records, Endpoint, RecordedRequest};
+use serde_json::Value;
+
+const EXE: &str = env!("CARGO_BIN_EXE_fastproxy");
+const WIRESERVER: &str = "http://168.63.129.16";
+const HOSTGA: &str = "http://168.63.129.16:32526";
+const IMDS: &str = "http://169.254.169.254";
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The stand-ins and the proxy running in a sandbox of their own.
+struct Stack {
+    sandbox: Sandbox,
+    dir: PathBuf,
+    standin_pid: u32,
+    proxy_pid: u32,
+}
+
+impl Stack {
+    fn start(tag: &str) -> Option<Stack> {
+        if !is_root() {
+            eprintln!(
+                "SKIPPED {tag}: needs root (eBPF, network namespaces, cgroups); CI runs it as root"
+            );
+            return None;
+        }
+        let mut sandbox = Sandbox::create(tag, &azure_addresses()).expect("sandbox");
+        let dir = std::env::temp_dir().join(format!("fastproxy-test-{}", sandbox.name()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let (standin_pid, proxy_pid) =
+            start_stack(&mut sandbox, Path::new(EXE), &dir, &["--workers", "2"])
+                .expect("stack starts");
+        Some(Stack {
+            sandbox,
+            dir,
+            standin_pid,
+            proxy_pid,
+        })
+    }
+
+    fn curl(&self, user: Option<(u32, u32)>, url: &str, headers: &[&str]) -> CurlResult {
+        curl(&self.sandbox, user, url, headers).expect("curl runs")
+    }
+
+    fn records(&self) -> Vec<RecordedRequest> {
+        read_records(&self.dir.join("records.jsonl")).expect("records")
+    }
+
+    fn records_tagged(&self, tag: &str) -> Vec<RecordedRequest> {
+        self.records()
+            .into_iter()
+            .filter(|r| r.header("x-request-tag") == Some(tag))
+            .collect()
+    }
+
+    /// The proxy's access-log events (JSON lines with the access target).
+    fn access_log(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.dir.join("proxy.log")).expect("proxy log");
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["target"] == "fastproxy::access")
+            .collect()
+    }
+
+    /// Run a Python snippet inside the sandbox (raw sockets for what curl will not send).
+    fn python(&self, user: Option<(u32, u32)>, script: &str) -> String {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", script]);
+        let (_, out) = self.sandbox.run(cmd, user).expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "python failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("test files kept in {}", self.dir.display());
+        }
+    }
+}
+
+fn tag_header(tag: &str) -> String {
+    format!("X-Request-Tag: {tag}")
+}
+
+/// Send raw bytes to `addr` from inside the sandbox and return everything read back until
+/// the proxy closes (or 5 s pass).
+fn raw_exchange_script(addr: (&str, u16), payload: &[u8]) -> String {
+    let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "import socket,sys\n\
+         s=socket.create_connection(('{}',{}),timeout=5)\n\
+         s.sendall(bytes.fromhex('{hex}'))\n\
+         out=b''\n\
+         try:\n\
+         \x20   while True:\n\
+         \x20       d=s.recv(65536)\n\
+         \x20       if not d: break\n\
+         \x20       out+=d\n\
+         except Exception: pass\n\
+         sys.stdout.write(out.decode('latin-1'))\n",
+        addr.0, addr.1
+    )
+}
+
+#[test]
+fn root_reaches_wireserver_with_root_claims_and_caller_identity() {
+    let Some(stack) = Stack::start("e2e-root") else {
+        return;
+    };
+    let tag = tag_header("root-ws");
+    let res = stack.curl(
+        None,
+        &format!("{WIRESERVER}/machine/?comp=goalstate"),
+        &["x-ms-version: 2012-11-30", &tag],
+    );
+    assert_eq!(res.status, 200);
+    assert_eq!(
+        res.header("x-ms-azure-host-authorization"),
+        Some("value"),
+        "marker on the response"
+    );
+    assert!(
+        String::from_utf8_lossy(&res.body).contains("<GoalState"),
+        "goal state relayed"
+    );
+
+    // Exactly one request reached WireServer (no redirect loop), with the root claims.
+    let seen = stack.records_tagged("root-ws");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].endpoint, Endpoint::WireServer);
+    assert_eq!(
+        seen[0].header("x-ms-azure-host-claims"),
+        Some(r#"{ "isRoot": "true"}"#)
+    );
+
+    // The record the proxy read names the curl process itself.
+    let log = stack.access_log();
+    let entry = log
+        .iter()
+        .find(|e| e["path"] == "/machine/" && e["endpoint"] == "wireserver")
+        .unwrap_or_else(|| panic!("no access-log entry in {log:?}"));
+    assert_eq!(entry["caller_pid"], res.pid, "pid of curl");
+    assert_eq!(entry["caller_uid"], 0);
+    assert_eq!(entry["caller_comm"], "curl");
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["decision"], "allow");
+}
+
+#[test]
+fn nobody_is_refused_wireserver_and_hostga_but_reaches_imds() {
+    let Some(stack) = Stack::start("e2e-nobody") else {
+        return;
+    };
+    let ws = stack.curl(
+        Some(NOBODY),
+        &format!("{WIRESERVER}/machine/?comp=goalstate"),
+        &[&tag_header("nb-ws")],
+    );
+    assert_eq!(ws.status, 403);
+    assert_eq!(ws.header("connection"), Some("close"));
+    assert_eq!(ws.header("x-ms-azure-host-authorization"), Some("value"));
+    let ga = stack.curl(
+        Some(NOBODY),
+        &format!("{HOSTGA}/vmSettings"),
+        &[&tag_header("nb-ga")],
+    );
+    assert_eq!(ga.status, 403);
+    assert!(
+        stack.records_tagged("nb-ws").is_empty(),
+        "a refused request reached WireServer"
+    );
+    assert!(
+        stack.records_tagged("nb-ga").is_empty(),
+        "a refused request reached HostGAPlugin"
+    );
+
+    let imds = stack.curl(
+        Some(NOBODY),
+        &format!("{IMDS}/metadata/instance?api-version=2021-08-01"),
+        &["Metadata: true", &tag_header("nb-imds")],
+    );
+    assert_eq!(imds.status, 200);
+    assert_eq!(imds.header("x-ms-azure-host-authorization"), Some("value"));
+    let seen = stack.records_tagged("nb-imds");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].header("x-ms-azure-host-claims"),
+        Some(r#"{ "isRoot": "false"}"#)
+    );
+    assert_eq!(
+        seen[0].header("x-forwarded-for"),
+        None,
+        "IMDS rejects X-Forwarded-For"
+    );
+
+    let log = stack.access_log();
+    let entry = log
+        .iter()
+        .find(|e| e["endpoint"] == "imds")
+        .expect("access-log entry for IMDS");
+    assert_eq!(
+        entry["caller_pid"], imds.pid,
+        "pid of the unprivileged curl"
+    );
+    assert_eq!(entry["caller_uid"], NOBODY.0);
+    let denied = log
+        .iter()
+        .find(|e| e["endpoint"] == "wireserver")
+        .expect("access-log entry for the refusal");
+    assert_eq!(
+        (denied["decision"].as_str(), denied["status"].as_u64()),
+        (Some("deny"), Some(403))
+    );
+    assert_eq!(denied["caller_pid"], ws.pid);
+}
+
+#[test]
+fn client_copies_of_proxy_headers_are_replaced() {
+    let Some(stack) = Stack::start("e2e-forge") else {
+        return;
+    };
+    let res = stack.curl(
+        Some(NOBODY),
+        &format!("{IMDS}/metadata/instance?api-version=2021-08-01"),
+        &[
+            "Metadata: true",
+            r#"x-ms-azure-host-claims: { "isRoot": "true"}"#,
+            "x-ms-azure-host-authorization: Azure-HMAC-SHA256 forged",
+            &tag_header("forge"),
+        ],
+    );
+    assert_eq!(res.status, 200);
+    let seen = stack.records_tagged("forge");
+    assert_eq!(seen.len(), 1);
+    let claims: Vec<_> = seen[0]
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("x-ms-azure-host-claims"))
+        .collect();
+    assert_eq!(
+        claims.len(),
+        1,
+        "exactly one claims header upstream: {claims:?}"
+    );
+    assert_eq!(claims[0].1, r#"{ "isRoot": "false"}"#);
+    assert_eq!(seen[0].header("x-ms-azure-host-authorization"), None);
+}
+
+#[test]
+fn direct_connection_without_caller_record_gets_421() {
+    let Some(stack) = Stack::start("e2e-421") else {
+        return;
+    };
+    let res = stack.curl(
+        None,
+        "http://127.0.0.1:308/machine/?comp=goalstate",
+        &[&tag_header("direct")],
+    );
+    assert_eq!(res.status, 421);
+    assert_eq!(res.header("connection"), Some("close"));
+    assert!(
+        stack.records().is_empty(),
+        "nothing may be forwarded without a caller record"
+    );
+}
+
+#[test]
+fn malformed_head_gets_400_and_is_never_forwarded() {
+    let Some(stack) = Stack::start("e2e-400") else {
+        return;
+    };
+    let cases: &[(&[u8], &str)] = &[
+        (b"GET /?comp=versions HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", "400"),
+        (b"POST /machine?comp=health HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "400"),
+        (b"GET /?comp=versions HTTP/1.1\nHost: a\n\n", "400"),
+        (b"TRACE / HTTP/1.1\r\nHost: a\r\n\r\n", "405"),
+        (b"GET //machine HTTP/1.1\r\nHost: a\r\n\r\n", "403"),
+        (b"GET /?comp=versions HTTP/1.1\r\nHost: a\r\n\r\nGARBAGE\r\n\r\n", "200"),
+    ];
+    for (payload, want) in cases {
+        let out = stack.python(None, &raw_exchange_script(("168.63.129.16", 80), payload));
+        let first = out.lines().next().unwrap_or("");
+        assert!(
+            first.starts_with(&format!("HTTP/1.1 {want} ")),
+            "{:?} -> {out:?}",
+            String::from_utf8_lossy(payload)
+        );
+        if *want != "200" {
+            assert!(out.contains("Connection: close\r\n"), "{out:?}");
+        }
+        if *want == "405" {
+            assert!(out.contains("Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH\r\n"));
+        }
+    }
+    // Only the one valid request was forwarded; the garbage after it was answered 400.
+    let records = stack.records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].target, "/?comp=versions");
+}
+
+#[test]
+fn keep_alive_pipelining_and_bodies_are_relayed() {
+    let Some(stack) = Stack::start("e2e-relay") else {
+        return;
+    };
+    // Two pipelined requests on one client connection, answered in order.
+    let pipelined = b"GET /?comp=versions HTTP/1.1\r\nHost: 168.63.129.16\r\nX-Request-Tag: p1\r\n\r\n\
+                      POST /machine?comp=health HTTP/1.1\r\nHost: 168.63.129.16\r\nX-Request-Tag: p2\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+    let out = stack.python(None, &raw_exchange_script(("168.63.129.16", 80), pipelined));
+    let statuses: Vec<&str> = out.lines().filter(|l| l.starts_with("HTTP/1.1 ")).collect();
+    assert_eq!(statuses, ["HTTP/1.1 200 OK", "HTTP/1.1 200 OK"], "{out:?}");
+    assert_eq!(
+        out.matches("x-ms-azure-host-authorization: value").count(),
+        2
+    );
+    let p2 = stack.records_tagged("p2");
+    assert_eq!(p2.len(), 1);
+    assert_eq!(p2[0].body_len, 5);
+    assert_eq!(stack.records_tagged("p1").len(), 1);
+
+    // A chunked upload is forwarded whole.
+    let chunked = b"PUT /vmAgentLog HTTP/1.1\r\nHost: 168.63.129.16:32526\r\nX-Request-Tag: up\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+                    4\r\nwiki\r\n5;ext=1\r\npedia\r\n0\r\n\r\n";
+    let out = stack.python(
+        None,
+        &raw_exchange_script(("168.63.129.16", 32526), chunked),
+    );
+    assert!(out.starts_with("HTTP/1.1 200 "), "{out:?}");
+    let up = stack.records_tagged("up");
+    assert_eq!(up.len(), 1);
+    assert_eq!(up[0].body_len, 9);
+
+    // A large download arrives byte for byte (3 MiB HostGAPlugin artifact).
+    let size = 3 * 1024 * 1024;
+    let res = stack.curl(
+        None,
+        &format!("{HOSTGA}/extensionArtifact?size={size}"),
+        &["x-ms-version: 2015-09-01", &tag_header("big")],
+    );
+    assert_eq!(res.status, 200);
+    assert_eq!(res.body.len(), size);
+    assert!(res
+        .body
+        .iter()
+        .enumerate()
+        .all(|(i, b)| *b == fastproxy_standin::artifact_byte(i as u64)));
+}
+
+#[test]
+fn proxy_own_connects_are_not_redirected_and_upstream_down_is_502() {
+    let Some(mut stack) = Stack::start("e2e-loop") else {
+        return;
+    };
+    // Every upstream connect of the proxy carries its mark; if the kernel redirected one, the
+    // request would come back to the proxy, without a record: 421 instead of the stand-in's 200.
+    let res = stack.curl(
+        None,
+        &format!("{WIRESERVER}/?comp=versions"),
+        &[&tag_header("loop")],
+    );
+    assert_eq!(res.status, 200);
+    assert_eq!(stack.records_tagged("loop").len(), 1);
+    let log = stack.access_log();
+    assert_eq!(
+        log.iter().filter(|e| e["has_record"] == false).count(),
+        0,
+        "{log:?}"
+    );
+
+    // With the stand-in gone, the proxy answers 502 itself (and nothing loops).
+    let standin_pid = stack.standin_pid;
+    stack
+        .sandbox
+        .terminate(standin_pid, std::time::Duration::from_secs(5));
+    let res = stack.curl(None, &format!("{WIRESERVER}/?comp=versions"), &[]);
+    assert_eq!(res.status, 502);
+    assert_eq!(res.header("connection"), Some("close"));
+    assert!(
+        stack.sandbox.exited(stack.proxy_pid).is_none(),
+        "the proxy keeps running"
+    );
+}
+
+#[test]
+fn without_privileges_run_and_demo_fail_with_one_line() {
+    if !is_root() {
+        eprintln!("SKIPPED without_privileges: needs root to drop to nobody");
+        return;
+    }
+    for args in [&["run", "--cgroup", "/nonexistent"][..], &["demo"][..]] {
+        let mut cmd = Command::new(EXE);
+        cmd.args(args);
+        std::os::unix::process::CommandExt::uid(&mut cmd, NOBODY.0);
+        std::os::unix::process::CommandExt::gid(&mut cmd, NOBODY.1);
+        let out = cmd.output().expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{args:?} must fail without privileges"
+        );
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{args:?}: one line, got {stderr:?}"
+        );
+        assert!(
+            stderr.contains("CAP_"),
+            "{args:?}: names the capability: {stderr:?}"
+        );
+    }
+}
