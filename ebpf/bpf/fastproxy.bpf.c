@@ -19,7 +19,7 @@
 #define SOCK_STREAM 1
 
 /* Verdicts of cgroup/connect4. */
-#define VERDICT_REJECT 0 /* the connect fails with EPERM */
+#define VERDICT_REJECT	0 /* the connect fails with EPERM */
 #define VERDICT_PROCEED 1
 
 /* Only the field we read; CO-RE relocates it against the running kernel's BTF. */
@@ -30,7 +30,7 @@ struct task_struct {
 /* Set by the loader before load. */
 const volatile __u32 fp_proxy_addr = 0; /* net */
 const volatile __u16 fp_proxy_port = 0; /* host */
-const volatile __u32 fp_self_mark = 0;  /* SO_MARK of the proxy's own sockets */
+const volatile __u32 fp_self_mark = 0;	/* SO_MARK of the proxy's own sockets */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -49,13 +49,13 @@ struct fp_caller_record {
 	__u64 start_boottime; /* the task's start, ns since boot (as /proc/PID/stat field 22) */
 	__u64 cgroup_id;      /* cgroup v2 id of the calling task */
 	__u64 netns_cookie;   /* network namespace of the calling socket */
-	__u32 tgid;           /* process id */
-	__u32 pid;            /* thread id */
-	__u32 uid;            /* real uid of the calling task */
-	__u32 gid;            /* real gid of the calling task */
+	__u32 tgid;	      /* process id */
+	__u32 pid;	      /* thread id */
+	__u32 uid;	      /* real uid of the calling task */
+	__u32 gid;	      /* real gid of the calling task */
 	__u32 orig_addr;      /* the destination the caller asked for, net */
 	__u16 orig_port;      /* net */
-	__u16 flags;          /* FP_RECORD_* */
+	__u16 flags;	      /* FP_RECORD_* */
 	char comm[FP_COMM_LEN];
 };
 

@@ -142,11 +142,12 @@ mod tests {
             ("FP_ACTION_REDIRECT", u64::from(FP_ACTION_REDIRECT)),
         ];
         for (name, value) in expect {
-            let line = header
+            let text = header
                 .lines()
-                .find(|l| l.starts_with(&format!("#define {name} ")))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .find(|t| t.len() >= 3 && t[0] == "#define" && t[1] == name)
+                .map(|t| t[2])
                 .unwrap_or_else(|| panic!("{name} missing from the header"));
-            let text = line.split_whitespace().nth(2).expect("a value");
             assert_eq!(text.parse::<u64>().ok(), Some(value), "{name}");
         }
         for size in [

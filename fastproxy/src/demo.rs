@@ -408,8 +408,8 @@ pub fn run_demo() -> anyhow::Result<()> {
 
 fn print_table(sandbox: &Sandbox, dir: &Path) -> anyhow::Result<()> {
     println!(
-        "{:<8} {:<11} {:<46} {:>6} {:<7} {:<9} {}",
-        "caller", "endpoint", "request", "status", "marker", "upstream", "claims seen upstream"
+        "{:<8} {:<11} {:<46} {:>6} {:<7} {:<9} claims seen upstream",
+        "caller", "endpoint", "request", "status", "marker", "upstream"
     );
     let mut rows = Vec::new();
     for (i, s) in SCENARIOS.iter().enumerate() {

@@ -129,9 +129,9 @@ pub fn parse_request<'b>(
     let mut hosts = fields
         .iter()
         .filter(|f| f.name.eq_ignore_ascii_case("host"));
+    // Host is required even in HTTP/1.0: the request goes upstream as HTTP/1.1, which needs it.
     match (hosts.next(), hosts.next()) {
         (Some(_), None) => {}
-        (None, _) if minor_version == 0 => {}
         (None, _) => return Err(HttpError::Malformed("missing Host")),
         (Some(_), Some(_)) => return Err(HttpError::Malformed("duplicate Host")),
     }
@@ -373,7 +373,8 @@ mod tests {
     fn strict_rules_table() {
         let cases: &[(&str, u16)] = &[
             ("GET / HTTP/1.1\r\nHost: a\r\n\r\n", 200),
-            ("GET / HTTP/1.0\r\n\r\n", 200),
+            ("GET / HTTP/1.0\r\nHost: a\r\n\r\n", 200),
+            ("GET / HTTP/1.0\r\n\r\n", 400),
             ("GET / HTTP/1.1\r\n\r\n", 400),
             ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
             ("GET / HTTP/1.1\nHost: a\r\n\r\n", 400),
@@ -431,11 +432,13 @@ mod tests {
             .expect("ok")
             .expect("c");
         assert!(!h.keep_alive);
-        let h = parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        let h = parse("GET / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n")
             .expect("ok")
             .expect("c");
         assert!(h.keep_alive);
-        let h = parse("GET / HTTP/1.0\r\n\r\n").expect("ok").expect("c");
+        let h = parse("GET / HTTP/1.0\r\nHost: a\r\n\r\n")
+            .expect("ok")
+            .expect("c");
         assert!(!h.keep_alive);
     }
 

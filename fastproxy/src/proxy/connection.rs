@@ -28,7 +28,7 @@ use crate::http::{parse_request, parse_response, BodyKind, ChunkedDecoder, HttpE
 use crate::identity::kernel::CallerLookup;
 use crate::identity::CallerRecord;
 use crate::policy::{self, Decision};
-use crate::telemetry::ACCESS_TARGET;
+use crate::telemetry::{error_chain, ACCESS_TARGET};
 use crate::upstream::connect::{connect_marked, ConnectError};
 use crate::upstream::GuardedEndpoint;
 
@@ -73,9 +73,9 @@ pub(crate) enum ProxyError {
     Denied(&'static str),
     #[error("request head not complete within {0:?}")]
     HeaderTimeout(Duration),
-    #[error("upstream: {0}")]
+    #[error("upstream connect")]
     Connect(#[from] ConnectError),
-    #[error("upstream {context}: {source}")]
+    #[error("upstream {context}")]
     UpstreamIo {
         context: &'static str,
         #[source]
@@ -713,7 +713,7 @@ impl Connection {
             rule,
             status,
             latency_us = plan.started.elapsed().as_micros() as u64,
-            error = error.map(|e| e.to_string()),
+            error = error.map(|e| error_chain(e)),
             "request"
         );
     }
@@ -727,7 +727,7 @@ impl Connection {
             caller_uid = c.uid,
             has_record = self.caller.is_some(),
             status,
-            error = %error,
+            error = %error_chain(error),
             "request refused before routing"
         );
         debug!(error = ?error, "request refused");

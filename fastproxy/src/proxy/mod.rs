@@ -23,13 +23,13 @@ use crate::identity::kernel::CallerLookup;
 
 #[derive(Debug, Error)]
 pub enum ProxyStartError {
-    #[error("listening on {addr}: {source}")]
+    #[error("listening on {addr}")]
     Listen {
         addr: SocketAddrV4,
         #[source]
         source: std::io::Error,
     },
-    #[error("starting worker thread: {0}")]
+    #[error("starting a worker thread")]
     Thread(#[source] std::io::Error),
 }
 

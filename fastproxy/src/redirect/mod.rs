@@ -36,15 +36,15 @@ pub struct RedirectSettings {
 pub enum RedirectError {
     #[error("no cgroup2 file system is mounted (looked in /proc/self/mountinfo)")]
     NoCgroup2,
-    #[error("cannot open cgroup {path}: {source}")]
+    #[error("cannot open cgroup {path}")]
     Cgroup {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("loading the kernel programs: {0}")]
+    #[error("loading the kernel programs")]
     Load(#[source] Box<aya::EbpfError>),
-    #[error("kernel program {name}: {source}")]
+    #[error("kernel program {name}")]
     Program {
         name: &'static str,
         #[source]

@@ -42,3 +42,16 @@ pub fn init(format: LogFormat) {
             .try_init(),
     };
 }
+
+/// An error and all its causes, `outer: cause: root cause`, for the log (clients get a short
+/// reason instead; see `proxy::connection::to_response`).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

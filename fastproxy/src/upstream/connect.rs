@@ -13,9 +13,9 @@ use crate::sys::connect_op;
 /// Why an upstream could not be reached; the proxy answers 502 or 504.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("creating the upstream socket: {0}")]
+    #[error("creating the upstream socket")]
     Socket(#[source] io::Error),
-    #[error("connecting to {addr}: {source}")]
+    #[error("connecting to {addr}")]
     Refused {
         addr: SocketAddrV4,
         #[source]

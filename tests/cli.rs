@@ -1,0 +1,77 @@
+//! The command line and its documentation stay in step: every option `fastproxy run --help`
+//! offers is in docs/CONFIG.md with its default, and the doc lists no option that is gone.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+const EXE: &str = env!("CARGO_BIN_EXE_fastproxy");
+
+fn options_in(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn config_doc_lists_every_run_option_with_its_default() {
+    let out = Command::new(EXE)
+        .args(["run", "--help"])
+        .output()
+        .expect("fastproxy runs");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/CONFIG.md"))
+        .expect("docs/CONFIG.md");
+    let table: String = doc
+        .lines()
+        .filter(|l| l.starts_with("| `--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+
+    let mut offered = options_in(&help);
+    offered.remove("--help");
+    let documented = options_in(&table);
+    assert_eq!(
+        offered, documented,
+        "options in `run --help` vs docs/CONFIG.md"
+    );
+
+    // Defaults shown by --help appear in the doc's row for that option.
+    for line in help.lines() {
+        let line = line.trim();
+        let (Some(opt), Some(start)) = (line.split_whitespace().next(), line.find("[default: "))
+        else {
+            continue;
+        };
+        let default = &line[start + 10..line.len() - 1];
+        let row = table
+            .lines()
+            .find(|r| r.starts_with(&format!("| `{opt}`")))
+            .unwrap_or_else(|| panic!("{opt} not documented"));
+        assert!(
+            row.contains(default),
+            "{opt}: default {default} missing from {row}"
+        );
+    }
+}
+
+#[test]
+fn bad_arguments_name_the_field() {
+    let out = Command::new(EXE)
+        .args(["run", "--listen", "127.0.0.1:3080"])
+        .output()
+        .expect("fastproxy runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid listen") && stderr.contains("privileged"),
+        "{stderr}"
+    );
+    let out = Command::new(EXE)
+        .args(["run", "--endpoint", "dns=1.2.3.4:53"])
+        .output()
+        .expect("fastproxy runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid endpoint"));
+}
