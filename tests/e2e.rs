@@ -16,10 +16,7 @@ const WIRESERVER: &str = "http://168.63.129.16";
 const HOSTGA: &str = "http://168.63.129.16:32526";
 const IMDS: &str = "http://169.254.169.254";
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+use fastproxy::sys::is_root;
 
 /// The stand-ins and the proxy running in a sandbox of their own.
 struct Stack {

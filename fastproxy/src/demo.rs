@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::redirect::cgroup2_root;
-use crate::sys::ChildSetup;
+use crate::sys::{self, ChildSetup};
 use crate::upstream::EndpointKind;
 
 /// uid and gid of `nobody`, the unprivileged caller of the demo and tests.
@@ -125,12 +125,7 @@ impl Sandbox {
     /// Send SIGTERM to a process this sandbox started and wait up to `grace` for it.
     pub fn terminate(&mut self, pid: u32, grace: Duration) -> Option<std::process::ExitStatus> {
         let child = self.children.iter_mut().find(|c| c.id() == pid)?;
-        if let Ok(raw) = i32::try_from(pid) {
-            // SAFETY: plain kill(2) on a child we spawned and have not reaped.
-            unsafe {
-                libc::kill(raw, libc::SIGTERM);
-            }
-        }
+        let _ = sys::terminate(pid);
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
@@ -380,8 +375,7 @@ pub fn start_stack(
 
 /// `fastproxy demo`: see the README.
 pub fn run_demo() -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !sys::is_root() {
         bail!("fastproxy demo needs root (CAP_SYS_ADMIN for a network namespace and cgroup, CAP_BPF and CAP_NET_ADMIN for the kernel programs)");
     }
     let exe = std::env::current_exe().context("locating the fastproxy binary")?;

@@ -223,7 +223,7 @@ impl Connection {
     async fn run(mut self) {
         let mut first = true;
         loop {
-            let plan = match self.next_request(first).await {
+            let mut plan = match self.next_request(first).await {
                 Ok(Some(plan)) => plan,
                 Ok(None) => break,
                 Err(error) => {
@@ -234,6 +234,13 @@ impl Connection {
                 }
             };
             first = false;
+            if let Some(refusal) = plan.refusal.take() {
+                // Refused before anything was forwarded.
+                let (status, _) = to_response(&refusal);
+                self.log(&plan, status, Some(&refusal));
+                self.answer_error(&refusal).await;
+                return;
+            }
             match self.exchange(&plan).await {
                 Ok(ending) => {
                     self.log(&plan, ending.status, None);
@@ -342,16 +349,6 @@ impl Connection {
     }
 
     async fn exchange(&mut self, plan: &Plan) -> Result<Ending, Failure> {
-        if let Some(refusal) = &plan.refusal {
-            // Refusals are answered without forwarding anything; rebuild the error (the plan
-            // keeps its own copy for the log).
-            return Err(Failure::from(match refusal {
-                ProxyError::NoCallerRecord => ProxyError::NoCallerRecord,
-                ProxyError::NotGuarded(a) => ProxyError::NotGuarded(*a),
-                ProxyError::Denied(r) => ProxyError::Denied(r),
-                _ => ProxyError::Denied("refused"),
-            }));
-        }
         let endpoint = plan.endpoint.ok_or(ProxyError::Denied("no endpoint"))?;
         if plan.expect_continue {
             let mut cont = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
