@@ -44,7 +44,8 @@ fn config_doc_lists_every_run_option_with_its_default() {
         else {
             continue;
         };
-        let default = &line[start + 10..line.len() - 1];
+        let rest = &line[start + 10..];
+        let default = &rest[..rest.find(']').unwrap_or(rest.len())];
         let row = table
             .lines()
             .find(|r| r.starts_with(&format!("| `{opt}`")))

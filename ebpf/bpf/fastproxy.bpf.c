@@ -17,6 +17,7 @@
 #include "fastproxy_abi.h"
 
 #define SOCK_STREAM 1
+#define SOCK_DGRAM  2
 
 /* Verdicts of cgroup/connect4. */
 #define VERDICT_REJECT	0 /* the connect fails with EPERM */
@@ -31,6 +32,10 @@ struct task_struct {
 const volatile __u32 fp_proxy_addr = 0; /* net */
 const volatile __u16 fp_proxy_port = 0; /* host */
 const volatile __u32 fp_self_mark = 0;	/* SO_MARK of the proxy's own sockets */
+/* Network namespace of the proxy (0: unknown, no check). */
+const volatile __u64 fp_proxy_netns_cookie = 0;
+/* 1: a socket in another network namespace passes to the endpoint unguarded (unsafe). */
+const volatile __u32 fp_foreign_netns_pass = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -77,43 +82,129 @@ static __always_inline void fill_caller(struct fp_caller_record *rec, struct bpf
 	bpf_get_current_comm(rec->comm, sizeof(rec->comm));
 }
 
-SEC("cgroup/connect4")
-int fp_connect4(struct bpf_sock_addr *ctx)
+static __always_inline struct fp_endpoint *guarded(__u32 addr, __u16 port)
 {
 	struct fp_endpoint_key key = {};
-	struct fp_caller_record *rec;
 	struct fp_endpoint *ep;
-	struct bpf_sock *sk;
-	__u32 type = ctx->type;
-	__u32 dst_addr = ctx->user_ip4;
-	__u16 dst_port = (__u16)ctx->user_port;
 
-	if (type != SOCK_STREAM)
-		return VERDICT_PROCEED;
-
-	key.addr = dst_addr;
-	key.port = dst_port;
+	key.addr = addr;
+	key.port = port;
 	key.proto = IPPROTO_TCP;
 	ep = bpf_map_lookup_elem(&fp_endpoints, &key);
 	if (!ep || ep->action != FP_ACTION_REDIRECT)
-		return VERDICT_PROCEED;
+		return 0;
+	return ep;
+}
 
-	sk = ctx->sk;
+/*
+ * A TCP connect to a guarded endpoint: record the caller in the socket's storage. Returns
+ * VERDICT_PROCEED when the connect may go on (to be redirected by the caller, or untouched
+ * for the proxy's own sockets), VERDICT_REJECT otherwise. *redirect tells which.
+ */
+static __always_inline int claim_connect(struct bpf_sock_addr *ctx, __u32 dst_addr, __u16 dst_port,
+					 int *redirect)
+{
+	struct fp_caller_record *rec;
+	struct bpf_sock *sk = ctx->sk;
+
+	*redirect = 0;
 	if (!sk)
 		return VERDICT_REJECT;
 	/* The proxy's own upstream sockets carry its mark; only CAP_NET_ADMIN can set one. */
 	if (fp_self_mark != 0 && sk->mark == fp_self_mark)
 		return VERDICT_PROCEED;
+	/*
+	 * A socket in another network namespace (a container) would be redirected to its own
+	 * loopback, where no proxy listens: refuse it clearly instead of letting it hang.
+	 */
+	if (fp_proxy_netns_cookie != 0 && bpf_get_netns_cookie(ctx) != fp_proxy_netns_cookie)
+		return fp_foreign_netns_pass ? VERDICT_PROCEED : VERDICT_REJECT;
 
 	/* Fail closed: a connect we cannot attribute never reaches the endpoint. */
 	rec = bpf_sk_storage_get(&fp_callers, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!rec)
 		return VERDICT_REJECT;
 	fill_caller(rec, ctx, dst_addr, dst_port);
-
-	ctx->user_ip4 = fp_proxy_addr;
-	ctx->user_port = bpf_htons(fp_proxy_port);
+	*redirect = 1;
 	return VERDICT_PROCEED;
+}
+
+SEC("cgroup/connect4")
+int fp_connect4(struct bpf_sock_addr *ctx)
+{
+	__u32 type = ctx->type;
+	__u32 dst_addr = ctx->user_ip4;
+	__u16 dst_port = (__u16)ctx->user_port;
+	int redirect, verdict;
+
+	if (!guarded(dst_addr, dst_port))
+		return VERDICT_PROCEED;
+	/* Connected UDP (and anything else that is not a stream) to a guarded port: refused. */
+	if (type != SOCK_STREAM)
+		return VERDICT_REJECT;
+	verdict = claim_connect(ctx, dst_addr, dst_port, &redirect);
+	if (redirect) {
+		ctx->user_ip4 = fp_proxy_addr;
+		ctx->user_port = bpf_htons(fp_proxy_port);
+	}
+	return verdict;
+}
+
+/* The IPv4 address inside an IPv4-mapped IPv6 address (::ffff:a.b.c.d), or 0. */
+static __always_inline __u32 mapped_v4(struct bpf_sock_addr *ctx)
+{
+	__u32 w0 = ctx->user_ip6[0];
+	__u32 w1 = ctx->user_ip6[1];
+	__u32 w2 = ctx->user_ip6[2];
+	__u32 w3 = ctx->user_ip6[3];
+
+	if (w0 != 0 || w1 != 0 || w2 != bpf_htonl(0x0000ffff))
+		return 0;
+	return w3;
+}
+
+SEC("cgroup/connect6")
+int fp_connect6(struct bpf_sock_addr *ctx)
+{
+	__u32 type = ctx->type;
+	__u32 dst_addr = mapped_v4(ctx);
+	__u16 dst_port = (__u16)ctx->user_port;
+	int redirect, verdict;
+
+	if (!dst_addr || !guarded(dst_addr, dst_port))
+		return VERDICT_PROCEED;
+	if (type != SOCK_STREAM)
+		return VERDICT_REJECT;
+	verdict = claim_connect(ctx, dst_addr, dst_port, &redirect);
+	if (redirect) {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+		ctx->user_ip6[3] = fp_proxy_addr;
+		ctx->user_port = bpf_htons(fp_proxy_port);
+	}
+	return verdict;
+}
+
+/* Unconnected UDP sends to a guarded ip:port are refused (Azure DNS on :53 is not guarded). */
+SEC("cgroup/sendmsg4")
+int fp_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	__u32 dst_addr = ctx->user_ip4;
+	__u16 dst_port = (__u16)ctx->user_port;
+
+	return guarded(dst_addr, dst_port) ? VERDICT_REJECT : VERDICT_PROCEED;
+}
+
+SEC("cgroup/sendmsg6")
+int fp_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	__u32 dst_addr = mapped_v4(ctx);
+	__u16 dst_port = (__u16)ctx->user_port;
+
+	if (!dst_addr)
+		return VERDICT_PROCEED;
+	return guarded(dst_addr, dst_port) ? VERDICT_REJECT : VERDICT_PROCEED;
 }
 
 /* Client side: the source port is now bound, so the 4-tuple is complete. */

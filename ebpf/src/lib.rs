@@ -10,6 +10,9 @@ use core::mem::{offset_of, size_of};
 /// Names of the programs, maps and globals in the object.
 pub mod names {
     pub const CONNECT4: &str = "fp_connect4";
+    pub const CONNECT6: &str = "fp_connect6";
+    pub const SENDMSG4: &str = "fp_sendmsg4";
+    pub const SENDMSG6: &str = "fp_sendmsg6";
     pub const SOCKOPS: &str = "fp_sockops";
     pub const ENDPOINTS: &str = "fp_endpoints";
     pub const CALLERS: &str = "fp_callers";
@@ -17,6 +20,8 @@ pub mod names {
     pub const PROXY_ADDR: &str = "fp_proxy_addr";
     pub const PROXY_PORT: &str = "fp_proxy_port";
     pub const SELF_MARK: &str = "fp_self_mark";
+    pub const PROXY_NETNS_COOKIE: &str = "fp_proxy_netns_cookie";
+    pub const FOREIGN_NETNS_PASS: &str = "fp_foreign_netns_pass";
 }
 
 pub const FP_COMM_LEN: usize = 16;

@@ -56,6 +56,8 @@ pub struct ProxySettings {
     pub timeouts: Timeouts,
     /// Cgroup (v2) directory to attach to; `None` = the cgroup-v2 root.
     pub cgroup: Option<PathBuf>,
+    /// Sockets of other network namespaces: refused (false, default) or passed unguarded.
+    pub foreign_netns_pass: bool,
 }
 
 impl Default for ProxySettings {
@@ -68,6 +70,7 @@ impl Default for ProxySettings {
             limits: Limits::default(),
             timeouts: Timeouts::default(),
             cgroup: None,
+            foreign_netns_pass: false,
         }
     }
 }

@@ -55,6 +55,10 @@ struct RunArgs {
     /// Point an endpoint elsewhere: NAME=IP:PORT with NAME wireserver, hostga or imds.
     #[arg(long = "endpoint", value_name = "NAME=IP:PORT")]
     endpoints: Vec<String>,
+    /// Connects from other network namespaces (containers): deny (EPERM) or pass (unguarded,
+    /// unsafe).
+    #[arg(long, default_value = "deny", value_parser = ["deny", "pass"])]
+    foreign_netns: String,
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     log_format: LogFormat,
@@ -86,6 +90,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         workers: args.workers,
         mark: args.mark,
         cgroup: args.cgroup,
+        foreign_netns_pass: args.foreign_netns == "pass",
         ..ProxySettings::default()
     };
     for spec in &args.endpoints {
@@ -109,6 +114,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         mark: settings.mark,
         endpoints: settings.endpoints.clone(),
         cgroup: settings.cgroup.clone(),
+        foreign_netns_pass: settings.foreign_netns_pass,
     })?;
     let workers = fastproxy::proxy::start(&settings, Arc::new(lookup))?;
     info!(

@@ -30,6 +30,9 @@ pub struct RedirectSettings {
     pub endpoints: EndpointTable,
     /// Cgroup v2 directory to attach to; `None`: the cgroup-v2 root.
     pub cgroup: Option<PathBuf>,
+    /// Let sockets of other network namespaces reach the endpoints unguarded (unsafe; the
+    /// default refuses them with EPERM).
+    pub foreign_netns_pass: bool,
 }
 
 #[derive(Debug, Error)]
@@ -42,6 +45,8 @@ pub enum RedirectError {
         #[source]
         source: std::io::Error,
     },
+    #[error("reading the proxy's network namespace cookie (needs Linux 5.14)")]
+    NetnsCookie(#[source] std::io::Error),
     #[error("loading the kernel programs")]
     Load(#[source] Box<aya::EbpfError>),
     #[error("kernel program {name}")]
@@ -88,10 +93,14 @@ pub fn attach(settings: &RedirectSettings) -> Result<(Redirect, CallerLookup), R
 
     let proxy_addr = u32::from_ne_bytes(settings.proxy.ip().octets());
     let proxy_port = settings.proxy.port();
+    let netns_cookie = crate::sys::netns_cookie().map_err(RedirectError::NetnsCookie)?;
+    let foreign_pass = u32::from(settings.foreign_netns_pass);
     let mut ebpf = EbpfLoader::new()
         .override_global(names::PROXY_ADDR, &proxy_addr, true)
         .override_global(names::PROXY_PORT, &proxy_port, true)
         .override_global(names::SELF_MARK, &settings.mark, true)
+        .override_global(names::PROXY_NETNS_COOKIE, &netns_cookie, true)
+        .override_global(names::FOREIGN_NETNS_PASS, &foreign_pass, true)
         .load(fastproxy_ebpf::object())
         .map_err(|e| RedirectError::Load(Box::new(e)))?;
 
@@ -123,15 +132,22 @@ pub fn attach(settings: &RedirectSettings) -> Result<(Redirect, CallerLookup), R
             source: Box::new(e),
         }
     };
-    let connect4: &mut CgroupSockAddr = ebpf
-        .program_mut(names::CONNECT4)
-        .ok_or_else(|| missing(names::CONNECT4))?
-        .try_into()
-        .map_err(program_err(names::CONNECT4))?;
-    connect4.load().map_err(program_err(names::CONNECT4))?;
-    connect4
-        .attach(&cgroup_file, CgroupAttachMode::Single)
-        .map_err(program_err(names::CONNECT4))?;
+    for name in [
+        names::CONNECT4,
+        names::CONNECT6,
+        names::SENDMSG4,
+        names::SENDMSG6,
+    ] {
+        let program: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or_else(|| missing(name))?
+            .try_into()
+            .map_err(program_err(name))?;
+        program.load().map_err(program_err(name))?;
+        program
+            .attach(&cgroup_file, CgroupAttachMode::Single)
+            .map_err(program_err(name))?;
+    }
     let sockops: &mut SockOps = ebpf
         .program_mut(names::SOCKOPS)
         .ok_or_else(|| missing(names::SOCKOPS))?
