@@ -4,121 +4,13 @@
 //! These need root (eBPF, namespaces, cgroups). Without it each test prints a loud SKIPPED
 //! line and passes; CI runs as root, so there they run.
 
-use std::path::{Path, PathBuf};
+mod support;
+
 use std::process::Command;
 
-use fastproxy::demo::{azure_addresses, curl, start_stack, CurlResult, Sandbox, NOBODY};
-use fastproxy_standin::{read_records, Endpoint, RecordedRequest};
-use serde_json::Value;
-
-const EXE: &str = env!("CARGO_BIN_EXE_fastproxy");
-const WIRESERVER: &str = "http://168.63.129.16";
-const HOSTGA: &str = "http://168.63.129.16:32526";
-const IMDS: &str = "http://169.254.169.254";
-
-use fastproxy::sys::is_root;
-
-/// The stand-ins and the proxy running in a sandbox of their own.
-struct Stack {
-    sandbox: Sandbox,
-    dir: PathBuf,
-    standin_pid: u32,
-    proxy_pid: u32,
-}
-
-impl Stack {
-    fn start(tag: &str) -> Option<Stack> {
-        if !is_root() {
-            eprintln!(
-                "SKIPPED {tag}: needs root (eBPF, network namespaces, cgroups); CI runs it as root"
-            );
-            return None;
-        }
-        let mut sandbox = Sandbox::create(tag, &azure_addresses()).expect("sandbox");
-        let dir = std::env::temp_dir().join(format!("fastproxy-test-{}", sandbox.name()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let (standin_pid, proxy_pid) =
-            start_stack(&mut sandbox, Path::new(EXE), &dir, &["--workers", "2"])
-                .expect("stack starts");
-        Some(Stack {
-            sandbox,
-            dir,
-            standin_pid,
-            proxy_pid,
-        })
-    }
-
-    fn curl(&self, user: Option<(u32, u32)>, url: &str, headers: &[&str]) -> CurlResult {
-        curl(&self.sandbox, user, url, headers).expect("curl runs")
-    }
-
-    fn records(&self) -> Vec<RecordedRequest> {
-        read_records(&self.dir.join("records.jsonl")).expect("records")
-    }
-
-    fn records_tagged(&self, tag: &str) -> Vec<RecordedRequest> {
-        self.records()
-            .into_iter()
-            .filter(|r| r.header("x-request-tag") == Some(tag))
-            .collect()
-    }
-
-    /// The proxy's access-log events (JSON lines with the access target).
-    fn access_log(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(self.dir.join("proxy.log")).expect("proxy log");
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["target"] == "fastproxy::access")
-            .collect()
-    }
-
-    /// Run a Python snippet inside the sandbox (raw sockets for what curl will not send).
-    fn python(&self, user: Option<(u32, u32)>, script: &str) -> String {
-        let mut cmd = Command::new("python3");
-        cmd.args(["-c", script]);
-        let (_, out) = self.sandbox.run(cmd, user).expect("python3 runs");
-        assert!(
-            out.status.success(),
-            "python failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        } else {
-            eprintln!("test files kept in {}", self.dir.display());
-        }
-    }
-}
-
-fn tag_header(tag: &str) -> String {
-    format!("X-Request-Tag: {tag}")
-}
-
-/// Send raw bytes to `addr` from inside the sandbox and return everything read back until
-/// the proxy closes (or 5 s pass).
-fn raw_exchange_script(addr: (&str, u16), payload: &[u8]) -> String {
-    let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "import socket,sys\n\
-         s=socket.create_connection(('{}',{}),timeout=5)\n\
-         s.sendall(bytes.fromhex('{hex}'))\n\
-         out=b''\n\
-         try:\n\
-         \x20   while True:\n\
-         \x20       d=s.recv(65536)\n\
-         \x20       if not d: break\n\
-         \x20       out+=d\n\
-         except Exception: pass\n\
-         sys.stdout.write(out.decode('latin-1'))\n",
-        addr.0, addr.1
-    )
-}
+use fastproxy::demo::NOBODY;
+use fastproxy_standin::Endpoint;
+use support::*;
 
 #[test]
 fn root_reaches_wireserver_with_root_claims_and_caller_identity() {

@@ -114,6 +114,30 @@ impl Sandbox {
         Ok((pid, child.wait_with_output()?))
     }
 
+    /// Run a short command in `netns_of`'s network namespace but in this sandbox's cgroup: a
+    /// process of a "container" whose sockets this sandbox's programs see.
+    pub fn run_foreign(
+        &self,
+        netns_of: &Sandbox,
+        mut cmd: Command,
+        user: Option<(u32, u32)>,
+    ) -> io::Result<(u32, Output)> {
+        let setup = ChildSetup::new()
+            .netns(netns_of.netns.as_raw_fd())
+            .cgroup(&self.cgroup.join("cgroup.procs"))?;
+        let setup = match user {
+            Some((uid, gid)) => setup.user(uid, gid),
+            None => setup,
+        };
+        setup.apply(&mut cmd);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = cmd.spawn()?;
+        let pid = child.id();
+        Ok((pid, child.wait_with_output()?))
+    }
+
     /// Whether a process this sandbox started has exited (and with what).
     pub fn exited(&mut self, pid: u32) -> Option<std::process::ExitStatus> {
         self.children

@@ -82,7 +82,9 @@ pub fn read_response<R: BufRead>(r: &mut R, line: &mut Vec<u8>) -> io::Result<Re
         skip(r, n)?;
         n
     } else {
-        return Err(invalid("response has neither Content-Length nor chunked framing"));
+        return Err(invalid(
+            "response has neither Content-Length nor chunked framing",
+        ));
     };
 
     let keep_alive = if close_token {
@@ -109,7 +111,10 @@ fn read_line<R: BufRead>(r: &mut R, line: &mut Vec<u8>, budget: &mut usize) -> i
         return Err(if n >= *budget {
             invalid("response head line too long")
         } else {
-            io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed mid-response")
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed mid-response",
+            )
         });
     }
     *budget -= n;
@@ -151,7 +156,11 @@ fn parse_header(line: &[u8]) -> io::Result<(&[u8], &[u8])> {
         .position(|&b| b == b':')
         .ok_or_else(|| invalid("header line without ':'"))?;
     let name = &line[..colon];
-    if name.is_empty() || name.iter().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+    if name.is_empty()
+        || name
+            .iter()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
         return Err(invalid("malformed header name (or obsolete line folding)"));
     }
     Ok((name, trim(&line[colon + 1..])))
@@ -171,7 +180,8 @@ fn parse_decimal(s: &[u8]) -> io::Result<u64> {
     if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
         return Err(invalid("malformed Content-Length"));
     }
-    Ok(s.iter().fold(0u64, |acc, &d| acc * 10 + u64::from(d - b'0')))
+    Ok(s.iter()
+        .fold(0u64, |acc, &d| acc * 10 + u64::from(d - b'0')))
 }
 
 fn parse_hex(s: &[u8]) -> io::Result<u64> {
@@ -271,7 +281,8 @@ mod tests {
 
     #[test]
     fn no_body_statuses_and_connection_semantics() {
-        let (r, _) = parse(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n").expect("304");
+        let (r, _) =
+            parse(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n").expect("304");
         assert_eq!((r.status, r.body_len, r.keep_alive), (304, 0, true));
         let (r, _) =
             parse(b"HTTP/1.1 200 OK\r\nConnection: foo, Close\r\nContent-Length: 0\r\n\r\n")
@@ -294,7 +305,10 @@ mod tests {
         assert_eq!(kind(b"garbage\r\n\r\n"), InvalidData);
         assert_eq!(kind(b"HTTP/1.1 200 OK\nContent-Length: 0\n\n"), InvalidData);
         assert_eq!(kind(b"HTTP/1.1 20 OK\r\n\r\n"), InvalidData);
-        assert_eq!(kind(b"HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n"), InvalidData);
+        assert_eq!(
+            kind(b"HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            InvalidData
+        );
         assert_eq!(kind(b"HTTP/1.1 100 Continue\r\n\r\n"), InvalidData);
         assert_eq!(
             kind(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx"),
