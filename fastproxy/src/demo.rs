@@ -88,10 +88,7 @@ impl Sandbox {
         let setup = ChildSetup::new()
             .netns(self.netns.as_raw_fd())
             .cgroup(&self.cgroup.join("cgroup.procs"))?;
-        Ok(match user {
-            Some((uid, gid)) => setup.user(uid, gid),
-            None => setup,
-        })
+        Ok(with_user(setup, user))
     }
 
     /// Start a long-running process inside the sandbox; it is killed when the sandbox drops.
@@ -104,14 +101,8 @@ impl Sandbox {
     }
 
     /// Run a short command inside the sandbox; returns its PID and output.
-    pub fn run(&self, mut cmd: Command, user: Option<(u32, u32)>) -> io::Result<(u32, Output)> {
-        self.setup(user)?.apply(&mut cmd);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let child = cmd.spawn()?;
-        let pid = child.id();
-        Ok((pid, child.wait_with_output()?))
+    pub fn run(&self, cmd: Command, user: Option<(u32, u32)>) -> io::Result<(u32, Output)> {
+        run_to_end(self.setup(user)?, cmd)
     }
 
     /// Run a short command in `netns_of`'s network namespace but in this sandbox's cgroup: a
@@ -119,23 +110,13 @@ impl Sandbox {
     pub fn run_foreign(
         &self,
         netns_of: &Sandbox,
-        mut cmd: Command,
+        cmd: Command,
         user: Option<(u32, u32)>,
     ) -> io::Result<(u32, Output)> {
         let setup = ChildSetup::new()
             .netns(netns_of.netns.as_raw_fd())
             .cgroup(&self.cgroup.join("cgroup.procs"))?;
-        let setup = match user {
-            Some((uid, gid)) => setup.user(uid, gid),
-            None => setup,
-        };
-        setup.apply(&mut cmd);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let child = cmd.spawn()?;
-        let pid = child.id();
-        Ok((pid, child.wait_with_output()?))
+        run_to_end(with_user(setup, user), cmd)
     }
 
     /// Whether a process this sandbox started has exited (and with what).
@@ -160,6 +141,24 @@ impl Sandbox {
         let _ = child.kill();
         child.wait().ok()
     }
+}
+
+fn with_user(setup: ChildSetup, user: Option<(u32, u32)>) -> ChildSetup {
+    match user {
+        Some((uid, gid)) => setup.user(uid, gid),
+        None => setup,
+    }
+}
+
+/// Run `cmd` with `setup` to its end, collecting its output.
+fn run_to_end(setup: ChildSetup, mut cmd: Command) -> io::Result<(u32, Output)> {
+    setup.apply(&mut cmd);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn()?;
+    let pid = child.id();
+    Ok((pid, child.wait_with_output()?))
 }
 
 impl Drop for Sandbox {
