@@ -40,6 +40,7 @@ const volatile __u32 fp_foreign_netns_pass = 0;
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, FP_MAX_ENDPOINTS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__type(key, struct fp_endpoint_key);
 	__type(value, struct fp_endpoint);
 } fp_endpoints SEC(".maps");
@@ -47,16 +48,32 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__type(key, int);
 	__type(value, struct fp_caller_record);
 } fp_callers SEC(".maps");
 
+/* Plain hash maps, not LRU: an entry is never evicted to make room for another caller's. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, FP_HANDOFF_ENTRIES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__type(key, struct fp_tuple);
 	__type(value, struct fp_caller_record);
 } fp_handoff SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, FP_HANDOFF_ROOT_ENTRIES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, struct fp_tuple);
+	__type(value, struct fp_caller_record);
+} fp_handoff_root SEC(".maps");
+
+static __always_inline void *handoff_map(__u32 uid)
+{
+	return uid == 0 ? (void *)&fp_handoff_root : (void *)&fp_handoff;
+}
 
 static __always_inline void fill_caller(struct fp_caller_record *rec, struct bpf_sock_addr *ctx,
 					__u32 orig_addr, __u16 orig_port)
@@ -227,7 +244,36 @@ static __always_inline void publish_record(struct bpf_sock_ops *skops)
 	key.client_port = (__u16)local_port;
 	key.server_addr = remote_ip;
 	key.server_port = bpf_ntohs((__u16)(remote_port >> 16));
-	bpf_map_update_elem(&fp_handoff, &key, rec, BPF_ANY);
+	/*
+	 * BPF_NOEXIST: a live entry for this 4-tuple is never overwritten. If the table is full the
+	 * connection arrives without a record and is refused (421): fail closed, never swapped.
+	 */
+	if (bpf_map_update_elem(handoff_map(rec->uid), &key, rec, BPF_NOEXIST) == 0)
+		bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+/* Client side: a connection that closes before the proxy adopted its record drops it. */
+static __always_inline void forget_record(struct bpf_sock_ops *skops)
+{
+	struct fp_caller_record *rec;
+	struct fp_tuple key = {};
+	struct bpf_sock *sk = skops->sk;
+	__u32 new_state = skops->args[1];
+	__u32 local_ip = skops->local_ip4;
+	__u32 remote_ip = skops->remote_ip4;
+	__u32 local_port = skops->local_port;
+	__u32 remote_port = skops->remote_port;
+
+	if (new_state != BPF_TCP_CLOSE || !sk)
+		return;
+	rec = bpf_sk_storage_get(&fp_callers, sk, 0, 0);
+	if (!rec || !(rec->flags & FP_RECORD_REDIRECTED))
+		return;
+	key.client_addr = local_ip;
+	key.client_port = (__u16)local_port;
+	key.server_addr = remote_ip;
+	key.server_port = bpf_ntohs((__u16)(remote_port >> 16));
+	bpf_map_delete_elem(handoff_map(rec->uid), &key);
 }
 
 /* Proxy side: move the record into the accepted socket's own storage. */
@@ -235,6 +281,7 @@ static __always_inline void adopt_record(struct bpf_sock_ops *skops)
 {
 	struct fp_caller_record *rec, *own;
 	struct fp_tuple key = {};
+	void *map;
 	struct bpf_sock *sk = skops->sk;
 	__u32 local_ip = skops->local_ip4;
 	__u32 remote_ip = skops->remote_ip4;
@@ -247,13 +294,18 @@ static __always_inline void adopt_record(struct bpf_sock_ops *skops)
 	key.client_port = bpf_ntohs((__u16)(remote_port >> 16));
 	key.server_addr = local_ip;
 	key.server_port = (__u16)local_port;
-	rec = bpf_map_lookup_elem(&fp_handoff, &key);
+	map = &fp_handoff_root;
+	rec = bpf_map_lookup_elem(map, &key);
+	if (!rec) {
+		map = &fp_handoff;
+		rec = bpf_map_lookup_elem(map, &key);
+	}
 	if (!rec)
 		return;
 	own = bpf_sk_storage_get(&fp_callers, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (own)
 		__builtin_memcpy(own, rec, sizeof(*own));
-	bpf_map_delete_elem(&fp_handoff, &key);
+	bpf_map_delete_elem(map, &key);
 }
 
 SEC("sockops")
@@ -265,6 +317,8 @@ int fp_sockops(struct bpf_sock_ops *skops)
 		publish_record(skops);
 	else if (op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
 		adopt_record(skops);
+	else if (op == BPF_SOCK_OPS_STATE_CB)
+		forget_record(skops);
 	return 1;
 }
 

@@ -15,11 +15,14 @@
 #define FP_MAX_ENDPOINTS 64
 
 /*
- * Capacity of the 4-tuple hand-off table. An entry lives from the client's SYN until the proxy's
- * side of the connection is established (microseconds on loopback), so this bounds the number of
- * redirected connects in flight at once, not the number of open connections.
+ * Capacity of the 4-tuple hand-off tables. An entry lives from the client's connect until the
+ * proxy's side of the connection is established (microseconds on loopback; at most as long as
+ * the connection waits in the proxy's accept backlog, 1024 per worker) and is deleted then, or
+ * when the client socket closes first. Root's records have a table of their own, so a flood of
+ * unprivileged connects can neither evict nor crowd out a root caller's record.
  */
-#define FP_HANDOFF_ENTRIES 16384
+#define FP_HANDOFF_ENTRIES	16384
+#define FP_HANDOFF_ROOT_ENTRIES 4096
 
 /* fp_endpoint.action */
 #define FP_ACTION_REDIRECT 1

@@ -17,6 +17,11 @@ pub mod names {
     pub const ENDPOINTS: &str = "fp_endpoints";
     pub const CALLERS: &str = "fp_callers";
     pub const HANDOFF: &str = "fp_handoff";
+    pub const HANDOFF_ROOT: &str = "fp_handoff_root";
+    /// The cgroup programs, in attach order.
+    pub const CGROUP_SOCK_ADDR: [&str; 4] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6];
+    /// Every map, all pinned by name.
+    pub const MAPS: [&str; 4] = [ENDPOINTS, CALLERS, HANDOFF, HANDOFF_ROOT];
     pub const PROXY_ADDR: &str = "fp_proxy_addr";
     pub const PROXY_PORT: &str = "fp_proxy_port";
     pub const SELF_MARK: &str = "fp_self_mark";
@@ -27,6 +32,7 @@ pub mod names {
 pub const FP_COMM_LEN: usize = 16;
 pub const FP_MAX_ENDPOINTS: u32 = 64;
 pub const FP_HANDOFF_ENTRIES: u32 = 16384;
+pub const FP_HANDOFF_ROOT_ENTRIES: u32 = 4096;
 pub const FP_ACTION_REDIRECT: u32 = 1;
 pub const FP_RECORD_REDIRECTED: u16 = 1 << 0;
 pub const FP_RECORD_START_TIME: u16 = 1 << 1;
@@ -144,6 +150,10 @@ mod tests {
             ("FP_COMM_LEN", FP_COMM_LEN as u64),
             ("FP_MAX_ENDPOINTS", u64::from(FP_MAX_ENDPOINTS)),
             ("FP_HANDOFF_ENTRIES", u64::from(FP_HANDOFF_ENTRIES)),
+            (
+                "FP_HANDOFF_ROOT_ENTRIES",
+                u64::from(FP_HANDOFF_ROOT_ENTRIES),
+            ),
             ("FP_ACTION_REDIRECT", u64::from(FP_ACTION_REDIRECT)),
         ];
         for (name, value) in expect {

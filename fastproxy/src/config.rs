@@ -16,6 +16,9 @@ pub const DEFAULT_LISTEN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 
 /// Setting a mark needs CAP_NET_ADMIN, so an unprivileged process cannot claim it.
 pub const DEFAULT_MARK: u32 = 0x6670_7879; // "fpxy"
 
+/// Where the pinned programs and maps live (a directory in a bpf file system).
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/fastproxy";
+
 /// A configuration value that cannot be used, naming the field and the reason.
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error("invalid {field}: {reason}")]
@@ -58,6 +61,8 @@ pub struct ProxySettings {
     pub cgroup: Option<PathBuf>,
     /// Sockets of other network namespaces: refused (false, default) or passed unguarded.
     pub foreign_netns_pass: bool,
+    /// Directory in a bpf file system for the pinned programs and maps.
+    pub pin_dir: PathBuf,
 }
 
 impl Default for ProxySettings {
@@ -71,6 +76,7 @@ impl Default for ProxySettings {
             timeouts: Timeouts::default(),
             cgroup: None,
             foreign_netns_pass: false,
+            pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
         }
     }
 }

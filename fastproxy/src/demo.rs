@@ -32,6 +32,8 @@ pub struct Sandbox {
     name: String,
     netns: File,
     cgroup: PathBuf,
+    /// A private bpf file system for the pins of this sandbox's programs.
+    bpffs: PathBuf,
     children: Vec<Child>,
 }
 
@@ -55,8 +57,14 @@ impl Sandbox {
             name,
             netns,
             cgroup: PathBuf::new(),
+            bpffs: PathBuf::new(),
             children: Vec::new(),
         };
+        let bpffs = std::env::temp_dir().join(format!("{}-bpffs", sandbox.name));
+        std::fs::create_dir_all(&bpffs).with_context(|| format!("creating {}", bpffs.display()))?;
+        sys::mount_bpffs(&bpffs)
+            .with_context(|| format!("mounting a bpf file system at {}", bpffs.display()))?;
+        sandbox.bpffs = bpffs;
         std::fs::create_dir(&cgroup)
             .with_context(|| format!("creating cgroup {}", cgroup.display()))?;
         sandbox.cgroup = cgroup;
@@ -77,6 +85,11 @@ impl Sandbox {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Where the proxy of this sandbox pins its programs and maps.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.bpffs.join("fastproxy")
     }
 
     /// The cgroup the kernel programs attach to; every process of the sandbox is in it.
@@ -127,6 +140,14 @@ impl Sandbox {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
+    /// SIGKILL a process this sandbox started and reap it (a crash, for tests).
+    pub fn kill(&mut self, pid: u32) {
+        if let Some(child) = self.children.iter_mut().find(|c| c.id() == pid) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Send SIGTERM to a process this sandbox started and wait up to `grace` for it.
     pub fn terminate(&mut self, pid: u32, grace: Duration) -> Option<std::process::ExitStatus> {
         let child = self.children.iter_mut().find(|c| c.id() == pid)?;
@@ -175,6 +196,11 @@ impl Drop for Sandbox {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+        }
+        if !self.bpffs.as_os_str().is_empty() {
+            // Unmounting drops the pins; the links go with the (removed) cgroup anyway.
+            let _ = sys::unmount(&self.bpffs);
+            let _ = std::fs::remove_dir(&self.bpffs);
         }
         let _ = ip(&["netns", "del", &self.name]);
     }
@@ -373,27 +399,44 @@ pub fn start_stack(
     )
     .context("stand-in")?;
 
-    let proxy_ready = dir.join("proxy.ready");
-    let log = File::create(dir.join("proxy.log")).context("creating proxy.log")?;
+    let proxy_pid = start_proxy(sandbox, exe, dir, "proxy", proxy_args)?;
+    Ok((standin_pid, proxy_pid))
+}
+
+/// Start a proxy in `sandbox` (pins in the sandbox's bpffs) and wait until it is ready; its
+/// log goes to `dir/<name>.log`. Returns its PID.
+pub fn start_proxy(
+    sandbox: &mut Sandbox,
+    exe: &Path,
+    dir: &Path,
+    name: &str,
+    args: &[&str],
+) -> anyhow::Result<u32> {
+    let ready = dir.join(format!("{name}.ready"));
+    let log_path = dir.join(format!("{name}.log"));
+    let log =
+        File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let mut proxy = Command::new(exe);
     proxy
         .arg("run")
         .arg("--cgroup")
         .arg(sandbox.cgroup())
+        .arg("--bpffs-dir")
+        .arg(sandbox.pin_dir())
         .arg("--ready-file")
-        .arg(&proxy_ready)
+        .arg(&ready)
         .args(["--log-format", "json"])
-        .args(proxy_args)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
-    let proxy_pid = sandbox.spawn(proxy, None).context("starting the proxy")?;
-    if let Err(e) = wait_for_file(sandbox, proxy_pid, &proxy_ready, Duration::from_secs(10)) {
-        let log = std::fs::read_to_string(dir.join("proxy.log")).unwrap_or_default();
+    let pid = sandbox.spawn(proxy, None).context("starting the proxy")?;
+    if let Err(e) = wait_for_file(sandbox, pid, &ready, Duration::from_secs(10)) {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
         let last = log.lines().last().unwrap_or("").to_owned();
         return Err(e.context(format!("proxy: {last}")));
     }
-    Ok((standin_pid, proxy_pid))
+    Ok(pid)
 }
 
 /// `fastproxy demo`: see the README.

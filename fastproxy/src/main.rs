@@ -29,8 +29,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Attach the kernel programs and run the proxy until SIGTERM or SIGINT.
+    /// Attach (or adopt) the kernel programs and run the proxy until SIGTERM or SIGINT.
     Run(RunArgs),
+    /// Attach the kernel programs, or replace the running ones in place, and exit. The
+    /// redirect stays (pinned): connects are refused until a proxy listens.
+    Attach(RedirectArgs),
+    /// Break-glass: remove the pinned programs and maps; connects go direct again.
+    Detach {
+        /// Directory in a bpf file system holding fastproxy's pins.
+        #[arg(long, default_value = redirect::DEFAULT_PIN_DIR)]
+        bpffs_dir: PathBuf,
+    },
     /// Show fastproxy end to end in a private network namespace (needs root).
     Demo,
     /// Run the stand-in WireServer, HostGAPlugin and IMDS (tests and the demo).
@@ -39,13 +48,10 @@ enum Command {
 }
 
 #[derive(Debug, clap::Args)]
-struct RunArgs {
+struct RedirectArgs {
     /// Address to listen on: loopback, privileged port.
     #[arg(long, default_value_t = DEFAULT_LISTEN)]
     listen: SocketAddrV4,
-    /// Worker threads (one runtime and listener each); 0 = one per core.
-    #[arg(long, default_value_t = 0)]
-    workers: usize,
     /// SO_MARK of the proxy's own upstream sockets.
     #[arg(long, default_value_t = DEFAULT_MARK)]
     mark: u32,
@@ -59,6 +65,18 @@ struct RunArgs {
     /// unsafe).
     #[arg(long, default_value = "deny", value_parser = ["deny", "pass"])]
     foreign_netns: String,
+    /// Directory in a bpf file system for the pinned programs and maps.
+    #[arg(long, default_value = redirect::DEFAULT_PIN_DIR)]
+    bpffs_dir: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    redirect: RedirectArgs,
+    /// Worker threads (one runtime and listener each); 0 = one per core.
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     log_format: LogFormat,
@@ -67,10 +85,56 @@ struct RunArgs {
     ready_file: Option<PathBuf>,
 }
 
+impl RedirectArgs {
+    fn settings(&self) -> anyhow::Result<ProxySettings> {
+        let mut settings = ProxySettings {
+            listen: self.listen,
+            mark: self.mark,
+            cgroup: self.cgroup.clone(),
+            foreign_netns_pass: self.foreign_netns == "pass",
+            pin_dir: self.bpffs_dir.clone(),
+            ..ProxySettings::default()
+        };
+        for spec in &self.endpoints {
+            let (kind, addr) = parse_endpoint_override(spec)?;
+            settings.endpoints.set(kind, addr);
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+}
+
+fn check_privileges() -> anyhow::Result<()> {
+    if !(has_capability(caps::CAP_BPF) || has_capability(caps::CAP_SYS_ADMIN)) {
+        anyhow::bail!(
+            "missing capability CAP_BPF (or CAP_SYS_ADMIN): cannot load the kernel programs"
+        );
+    }
+    if !has_capability(caps::CAP_NET_ADMIN) {
+        anyhow::bail!(
+            "missing capability CAP_NET_ADMIN: cannot attach the kernel programs or mark sockets"
+        );
+    }
+    Ok(())
+}
+
+fn redirect_settings(settings: &ProxySettings) -> RedirectSettings {
+    RedirectSettings {
+        proxy: settings.listen,
+        mark: settings.mark,
+        endpoints: settings.endpoints.clone(),
+        cgroup: settings.cgroup.clone(),
+        foreign_netns_pass: settings.foreign_netns_pass,
+        pin_dir: settings.pin_dir.clone(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Attach(args) => attach_only(&args),
+        Command::Detach { bpffs_dir } => detach(&bpffs_dir),
         Command::Demo => fastproxy::demo::run_demo(),
         Command::Standin(args) => args.run(),
     };
@@ -85,37 +149,11 @@ fn main() -> ExitCode {
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
-    let mut settings = ProxySettings {
-        listen: args.listen,
-        workers: args.workers,
-        mark: args.mark,
-        cgroup: args.cgroup,
-        foreign_netns_pass: args.foreign_netns == "pass",
-        ..ProxySettings::default()
-    };
-    for spec in &args.endpoints {
-        let (kind, addr) = parse_endpoint_override(spec)?;
-        settings.endpoints.set(kind, addr);
-    }
-    settings.validate()?;
-    if !(has_capability(caps::CAP_BPF) || has_capability(caps::CAP_SYS_ADMIN)) {
-        anyhow::bail!(
-            "missing capability CAP_BPF (or CAP_SYS_ADMIN): cannot load the kernel programs"
-        );
-    }
-    if !has_capability(caps::CAP_NET_ADMIN) {
-        anyhow::bail!(
-            "missing capability CAP_NET_ADMIN: cannot attach the kernel programs or mark sockets"
-        );
-    }
-
-    let (redirect, lookup) = redirect::attach(&RedirectSettings {
-        proxy: settings.listen,
-        mark: settings.mark,
-        endpoints: settings.endpoints.clone(),
-        cgroup: settings.cgroup.clone(),
-        foreign_netns_pass: settings.foreign_netns_pass,
-    })?;
+    let mut settings = args.redirect.settings()?;
+    settings.workers = args.workers;
+    check_privileges()?;
+    let (redirect, lookup, action) = redirect::attach(&redirect_settings(&settings))?;
+    info!(?action, pins = %settings.pin_dir.display(), "kernel programs in place");
     let workers = fastproxy::proxy::start(&settings, Arc::new(lookup))?;
     info!(
         listen = %settings.listen,
@@ -128,9 +166,39 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     wait_for_shutdown_signal()?;
-    info!("shutting down");
-    // Dropping `redirect` detaches the programs.
+    info!("shutting down; the redirect stays pinned (connects are refused until a proxy listens)");
     drop(redirect);
+    Ok(())
+}
+
+fn attach_only(args: &RedirectArgs) -> anyhow::Result<()> {
+    let settings = args.settings()?;
+    check_privileges()?;
+    let (redirect, _lookup, action) = redirect::attach(&redirect_settings(&settings))?;
+    println!(
+        "fastproxy: programs {} on {} (pins in {})",
+        match action {
+            redirect::LinkAction::Attached => "attached",
+            redirect::LinkAction::Replaced => "replaced",
+        },
+        redirect.cgroup().display(),
+        settings.pin_dir.display()
+    );
+    Ok(())
+}
+
+fn detach(pin_dir: &std::path::Path) -> anyhow::Result<()> {
+    check_privileges()?;
+    let removed = redirect::detach(pin_dir)?;
+    if removed.is_empty() {
+        println!("fastproxy: nothing pinned in {}", pin_dir.display());
+    } else {
+        println!(
+            "fastproxy: removed {} pins from {}; the redirect is gone",
+            removed.len(),
+            pin_dir.display()
+        );
+    }
     Ok(())
 }
 

@@ -204,3 +204,134 @@ pub fn netns_cookie() -> io::Result<u64> {
     }
     Ok(cookie)
 }
+
+// === bpf(2) calls aya 0.14 does not expose ===
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The BPF_OBJ_GET part of `union bpf_attr`; the kernel zero-fills the rest of a short attr.
+#[repr(C)]
+#[derive(Default)]
+struct ObjGetAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    _pad: u32,
+}
+
+/// The BPF_LINK_UPDATE part of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct LinkUpdateAttr {
+    link_fd: u32,
+    new_prog_fd: u32,
+    flags: u32,
+    old_prog_fd: u32,
+}
+
+fn bpf(cmd: libc::c_long, attr: *mut libc::c_void, size: usize) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` points to a live, zero-initialised bpf_attr of `size` bytes.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Open a pinned BPF object (here: a link) by its bpffs path.
+pub fn bpf_obj_get(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    let mut attr = ObjGetAttr {
+        pathname: c_path.as_ptr() as u64,
+        ..ObjGetAttr::default()
+    };
+    let fd = bpf(
+        BPF_OBJ_GET,
+        (&mut attr as *mut ObjGetAttr).cast(),
+        std::mem::size_of::<ObjGetAttr>(),
+    )?;
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("fd out of range"))?;
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Atomically replace the program behind a link (BPF_LINK_UPDATE): connects see either the
+/// old program or the new one, never none.
+pub fn bpf_link_update(
+    link: std::os::fd::BorrowedFd<'_>,
+    program: std::os::fd::BorrowedFd<'_>,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut attr = LinkUpdateAttr {
+        link_fd: u32::try_from(link.as_raw_fd()).map_err(|_| io::Error::other("bad fd"))?,
+        new_prog_fd: u32::try_from(program.as_raw_fd()).map_err(|_| io::Error::other("bad fd"))?,
+        ..LinkUpdateAttr::default()
+    };
+    bpf(
+        BPF_LINK_UPDATE,
+        (&mut attr as *mut LinkUpdateAttr).cast(),
+        std::mem::size_of::<LinkUpdateAttr>(),
+    )?;
+    Ok(())
+}
+
+/// Whether `path` lies on a bpf file system (where pins can live).
+pub fn is_bpffs(path: &std::path::Path) -> bool {
+    fs_magic(path) == Some(BPF_FS_MAGIC)
+}
+
+/// Whether `path` lies on a cgroup v2 file system.
+pub fn is_cgroup2(path: &std::path::Path) -> bool {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    fs_magic(path) == Some(CGROUP2_SUPER_MAGIC)
+}
+
+fn fs_magic(path: &std::path::Path) -> Option<i64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: valid C string and a properly sized out buffer.
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), st.as_mut_ptr()) };
+    // SAFETY: statfs filled the buffer when it returned 0.
+    (rc == 0).then(|| unsafe { st.assume_init() }.f_type)
+}
+
+/// Mount a private bpf file system at `dir` (the demo and tests keep their pins there).
+pub fn mount_bpffs(dir: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let target = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    // SAFETY: valid C strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Lazily unmount what `mount_bpffs` mounted; pins inside it disappear.
+pub fn unmount(dir: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let target = CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    // SAFETY: valid C string.
+    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

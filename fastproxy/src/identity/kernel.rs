@@ -18,7 +18,8 @@ use super::CallerRecord;
 /// common path).
 pub struct CallerLookup {
     callers: SkStorage<MapData, RawCallerRecord>,
-    handoff: Mutex<HashMap<MapData, Tuple, RawCallerRecord>>,
+    /// The root table first, then everyone else's.
+    handoff: Mutex<Vec<HashMap<MapData, Tuple, RawCallerRecord>>>,
 }
 
 impl std::fmt::Debug for CallerLookup {
@@ -30,7 +31,7 @@ impl std::fmt::Debug for CallerLookup {
 impl CallerLookup {
     pub fn new(
         callers: SkStorage<MapData, RawCallerRecord>,
-        handoff: HashMap<MapData, Tuple, RawCallerRecord>,
+        handoff: Vec<HashMap<MapData, Tuple, RawCallerRecord>>,
     ) -> Self {
         CallerLookup {
             callers,
@@ -55,13 +56,17 @@ impl CallerLookup {
             client_port: peer.port(),
             server_port: local.port(),
         };
-        let mut handoff = self
+        let mut tables = self
             .handoff
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let raw = handoff.get(&key, 0).ok()?;
-        let _ = handoff.remove(&key);
-        Some(decode(&raw))
+        for table in tables.iter_mut() {
+            if let Ok(raw) = table.get(&key, 0) {
+                let _ = table.remove(&key);
+                return Some(decode(&raw));
+            }
+        }
+        None
     }
 }
 

@@ -1,15 +1,21 @@
-//! Loads fastproxy's kernel programs and attaches them to a cgroup (v2).
+//! Loads fastproxy's kernel programs and attaches them to a cgroup (v2), fail-closed.
 //!
 //! Attaching at the cgroup-v2 root covers every socket on the machine; tests and the demo
-//! attach to a child cgroup instead. The links live as long as the returned `Redirect`.
-//! Minimum kernel: 5.10 (BPF links for cgroups, sk storage from sock_addr and sockops programs,
-//! `bpf_get_current_task_btf`); developed and tested on 6.18.
+//! attach to a child cgroup instead. Links and maps are pinned in bpffs, so the redirect
+//! outlives the proxy: while it is down (crash, restart, upgrade) redirected connects are
+//! refused by the closed port, never sent direct. A later `attach` adopts the pins and swaps
+//! the programs in place with BPF_LINK_UPDATE (atomic: no window without a program).
+//! `detach` removes the pins, and with them the redirect: the documented break-glass.
+//! Minimum kernel: 5.14 (BPF links for cgroups, sk storage from sock_addr and sockops programs,
+//! `bpf_get_current_task_btf`, SO_NETNS_COOKIE); developed and tested on 6.18.
 
 use std::fs::File;
 use std::net::SocketAddrV4;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, SkStorage};
+use aya::programs::links::{FdLink, LinkError};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use fastproxy_ebpf::{
@@ -33,12 +39,30 @@ pub struct RedirectSettings {
     /// Let sockets of other network namespaces reach the endpoints unguarded (unsafe; the
     /// default refuses them with EPERM).
     pub foreign_netns_pass: bool,
+    /// Directory in a bpf file system for the pinned links and maps.
+    pub pin_dir: PathBuf,
 }
+
+pub use crate::config::DEFAULT_PIN_DIR;
 
 #[derive(Debug, Error)]
 pub enum RedirectError {
     #[error("no cgroup2 file system is mounted (looked in /proc/self/mountinfo)")]
     NoCgroup2,
+    #[error("{0} is not a cgroup v2 directory")]
+    NotCgroup2(PathBuf),
+    #[error("{0} is not on a bpf file system (mount one: mount -t bpf bpf /sys/fs/bpf)")]
+    NoBpffs(PathBuf),
+    #[error(
+        "the kernel has no BTF (/sys/kernel/btf/vmlinux is missing; needs CONFIG_DEBUG_INFO_BTF)"
+    )]
+    NoBtf,
+    #[error("pin {path}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot open cgroup {path}")]
     Cgroup {
         path: PathBuf,
@@ -80,14 +104,41 @@ impl Redirect {
     }
 }
 
-/// Load the programs, fill the endpoint table, attach, and hand back the caller lookup.
-pub fn attach(settings: &RedirectSettings) -> Result<(Redirect, CallerLookup), RedirectError> {
+/// What `attach` did with each link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkAction {
+    /// No pinned link existed: attached and pinned.
+    Attached,
+    /// A pinned link existed: its program was replaced in place.
+    Replaced,
+}
+
+/// Load the programs (maps shared through their pins), bring the endpoint table in line with
+/// the settings, attach or adopt every link, and hand back the caller lookup.
+pub fn attach(
+    settings: &RedirectSettings,
+) -> Result<(Redirect, CallerLookup, LinkAction), RedirectError> {
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Err(RedirectError::NoBtf);
+    }
     let cgroup = match &settings.cgroup {
         Some(dir) => dir.clone(),
         None => cgroup2_root()?,
     };
+    if !crate::sys::is_cgroup2(&cgroup) {
+        return Err(RedirectError::NotCgroup2(cgroup));
+    }
     let cgroup_file = File::open(&cgroup).map_err(|source| RedirectError::Cgroup {
         path: cgroup.clone(),
+        source,
+    })?;
+    let pin_dir = &settings.pin_dir;
+    let bpffs = pin_dir.parent().unwrap_or(pin_dir);
+    if !crate::sys::is_bpffs(bpffs) {
+        return Err(RedirectError::NoBpffs(bpffs.to_owned()));
+    }
+    std::fs::create_dir_all(pin_dir).map_err(|source| RedirectError::Pin {
+        path: pin_dir.clone(),
         source,
     })?;
 
@@ -96,6 +147,7 @@ pub fn attach(settings: &RedirectSettings) -> Result<(Redirect, CallerLookup), R
     let netns_cookie = crate::sys::netns_cookie().map_err(RedirectError::NetnsCookie)?;
     let foreign_pass = u32::from(settings.foreign_netns_pass);
     let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
         .override_global(names::PROXY_ADDR, &proxy_addr, true)
         .override_global(names::PROXY_PORT, &proxy_port, true)
         .override_global(names::SELF_MARK, &settings.mark, true)
@@ -104,27 +156,7 @@ pub fn attach(settings: &RedirectSettings) -> Result<(Redirect, CallerLookup), R
         .load(fastproxy_ebpf::object())
         .map_err(|e| RedirectError::Load(Box::new(e)))?;
 
-    {
-        let map = ebpf
-            .map_mut(names::ENDPOINTS)
-            .ok_or_else(|| missing(names::ENDPOINTS))?;
-        let mut endpoints: HashMap<_, EndpointKey, EndpointAction> =
-            HashMap::try_from(map).map_err(|e| map_err(names::ENDPOINTS, e))?;
-        for e in settings.endpoints.iter() {
-            let key = EndpointKey {
-                addr: u32::from_ne_bytes(e.addr.ip().octets()),
-                port: e.addr.port().to_be(),
-                proto: IPPROTO_TCP,
-            };
-            let action = EndpointAction {
-                action: FP_ACTION_REDIRECT,
-                flags: 0,
-            };
-            endpoints
-                .insert(key, action, 0)
-                .map_err(|e| map_err(names::ENDPOINTS, e))?;
-        }
-    }
+    sync_endpoints(&mut ebpf, &settings.endpoints)?;
 
     let program_err = |name: &'static str| {
         move |e: aya::programs::ProgramError| RedirectError::Program {
@@ -132,21 +164,29 @@ pub fn attach(settings: &RedirectSettings) -> Result<(Redirect, CallerLookup), R
             source: Box::new(e),
         }
     };
-    for name in [
-        names::CONNECT4,
-        names::CONNECT6,
-        names::SENDMSG4,
-        names::SENDMSG6,
-    ] {
+    let mut action = LinkAction::Replaced;
+    for name in names::CGROUP_SOCK_ADDR {
         let program: &mut CgroupSockAddr = ebpf
             .program_mut(name)
             .ok_or_else(|| missing(name))?
             .try_into()
             .map_err(program_err(name))?;
         program.load().map_err(program_err(name))?;
-        program
-            .attach(&cgroup_file, CgroupAttachMode::Single)
-            .map_err(program_err(name))?;
+        let pin = link_pin(pin_dir, name);
+        if pin.exists() {
+            replace_pinned(&pin, program.fd().map_err(program_err(name))?.as_fd())?;
+        } else {
+            let id = program
+                .attach(&cgroup_file, CgroupAttachMode::Single)
+                .map_err(program_err(name))?;
+            let link: FdLink = program
+                .take_link(id)
+                .map_err(program_err(name))?
+                .try_into()
+                .map_err(|e: LinkError| link_err(&pin, e))?;
+            pin_link(link, &pin)?;
+            action = LinkAction::Attached;
+        }
     }
     let sockops: &mut SockOps = ebpf
         .program_mut(names::SOCKOPS)
@@ -154,20 +194,37 @@ pub fn attach(settings: &RedirectSettings) -> Result<(Redirect, CallerLookup), R
         .try_into()
         .map_err(program_err(names::SOCKOPS))?;
     sockops.load().map_err(program_err(names::SOCKOPS))?;
-    sockops
-        .attach(&cgroup_file, CgroupAttachMode::Single)
-        .map_err(program_err(names::SOCKOPS))?;
+    let pin = link_pin(pin_dir, names::SOCKOPS);
+    if pin.exists() {
+        replace_pinned(
+            &pin,
+            sockops.fd().map_err(program_err(names::SOCKOPS))?.as_fd(),
+        )?;
+    } else {
+        let id = sockops
+            .attach(&cgroup_file, CgroupAttachMode::Single)
+            .map_err(program_err(names::SOCKOPS))?;
+        let link: FdLink = sockops
+            .take_link(id)
+            .map_err(program_err(names::SOCKOPS))?
+            .try_into()
+            .map_err(|e: LinkError| link_err(&pin, e))?;
+        pin_link(link, &pin)?;
+        action = LinkAction::Attached;
+    }
 
     let callers: SkStorage<MapData, RawCallerRecord> = SkStorage::try_from(
         ebpf.take_map(names::CALLERS)
             .ok_or_else(|| missing(names::CALLERS))?,
     )
     .map_err(|e| map_err(names::CALLERS, e))?;
-    let handoff: HashMap<MapData, Tuple, RawCallerRecord> = HashMap::try_from(
-        ebpf.take_map(names::HANDOFF)
-            .ok_or_else(|| missing(names::HANDOFF))?,
-    )
-    .map_err(|e| map_err(names::HANDOFF, e))?;
+    let mut handoff = Vec::with_capacity(2);
+    for name in [names::HANDOFF_ROOT, names::HANDOFF] {
+        let map: HashMap<MapData, Tuple, RawCallerRecord> =
+            HashMap::try_from(ebpf.take_map(name).ok_or_else(|| missing(name))?)
+                .map_err(|e| map_err(name, e))?;
+        handoff.push(map);
+    }
 
     Ok((
         Redirect {
@@ -175,7 +232,98 @@ pub fn attach(settings: &RedirectSettings) -> Result<(Redirect, CallerLookup), R
             cgroup,
         },
         CallerLookup::new(callers, handoff),
+        action,
     ))
+}
+
+/// Make the kernel's endpoint table exactly the configured one (it is pinned, so it may hold
+/// a previous configuration): add what is missing first, then remove what is no longer
+/// guarded, so an endpoint that stays guarded is never absent.
+fn sync_endpoints(ebpf: &mut Ebpf, table: &EndpointTable) -> Result<(), RedirectError> {
+    let map = ebpf
+        .map_mut(names::ENDPOINTS)
+        .ok_or_else(|| missing(names::ENDPOINTS))?;
+    let mut endpoints: HashMap<_, EndpointKey, EndpointAction> =
+        HashMap::try_from(map).map_err(|e| map_err(names::ENDPOINTS, e))?;
+    let wanted: Vec<EndpointKey> = table
+        .iter()
+        .map(|e| EndpointKey {
+            addr: u32::from_ne_bytes(e.addr.ip().octets()),
+            port: e.addr.port().to_be(),
+            proto: IPPROTO_TCP,
+        })
+        .collect();
+    let action = EndpointAction {
+        action: FP_ACTION_REDIRECT,
+        flags: 0,
+    };
+    for key in &wanted {
+        endpoints
+            .insert(key, action, 0)
+            .map_err(|e| map_err(names::ENDPOINTS, e))?;
+    }
+    let stale: Vec<EndpointKey> = endpoints
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !wanted.contains(k))
+        .collect();
+    for key in stale {
+        endpoints
+            .remove(&key)
+            .map_err(|e| map_err(names::ENDPOINTS, e))?;
+    }
+    Ok(())
+}
+
+fn link_pin(pin_dir: &Path, program: &str) -> PathBuf {
+    pin_dir.join(format!("link_{program}"))
+}
+
+fn replace_pinned(pin: &Path, program: std::os::fd::BorrowedFd<'_>) -> Result<(), RedirectError> {
+    let link = crate::sys::bpf_obj_get(pin).map_err(|source| RedirectError::Pin {
+        path: pin.to_owned(),
+        source,
+    })?;
+    crate::sys::bpf_link_update(link.as_fd(), program).map_err(|source| RedirectError::Pin {
+        path: pin.to_owned(),
+        source,
+    })
+}
+
+fn pin_link(link: FdLink, pin: &Path) -> Result<(), RedirectError> {
+    link.pin(pin).map_err(|e| RedirectError::Pin {
+        path: pin.to_owned(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(())
+}
+
+fn link_err(pin: &Path, e: LinkError) -> RedirectError {
+    RedirectError::Pin {
+        path: pin.to_owned(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// The break-glass: remove every pinned link and map of fastproxy under `pin_dir`. Once the
+/// pins are gone and no process holds the links, the kernel detaches the programs and
+/// connects go direct again. Returns the pins removed.
+pub fn detach(pin_dir: &Path) -> Result<Vec<PathBuf>, RedirectError> {
+    let mut removed = Vec::new();
+    let links = names::CGROUP_SOCK_ADDR
+        .iter()
+        .chain([names::SOCKOPS].iter())
+        .map(|p| link_pin(pin_dir, p));
+    let maps = names::MAPS.iter().map(|m| pin_dir.join(m));
+    for pin in links.chain(maps) {
+        match std::fs::remove_file(&pin) {
+            Ok(()) => removed.push(pin),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(RedirectError::Pin { path: pin, source }),
+        }
+    }
+    let _ = std::fs::remove_dir(pin_dir);
+    Ok(removed)
 }
 
 fn missing(name: &'static str) -> RedirectError {
