@@ -319,3 +319,64 @@ fn without_privileges_run_and_demo_fail_with_one_line() {
         );
     }
 }
+
+#[test]
+fn disabled_endpoint_is_not_redirected_and_kernel_deny_refuses_in_the_kernel() {
+    let Some(stack) = Stack::start_with("e2e-fast", &["--mode", "imds=disabled", "--kernel-deny"])
+    else {
+        return;
+    };
+    // IMDS disabled: the connect goes straight to the endpoint (no proxy headers either way).
+    let imds = stack.curl(
+        Some(NOBODY),
+        &format!("{IMDS}/metadata/instance?api-version=2021-08-01"),
+        &["Metadata: true", &tag_header("fast-imds")],
+    );
+    assert_eq!(imds.status, 200);
+    assert_eq!(
+        imds.header("x-ms-azure-host-authorization"),
+        None,
+        "not through the proxy"
+    );
+    let seen = stack.records_tagged("fast-imds");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].header("x-ms-azure-host-claims"), None);
+
+    // Kernel deny: nobody's connect to WireServer fails with EPERM, no HTTP at all.
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "5",
+        &format!("{WIRESERVER}/?comp=versions"),
+    ]);
+    let (_, out) = stack.sandbox.run(cmd, Some(NOBODY)).expect("curl runs");
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "curl: couldn't connect ({})",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stack
+        .records()
+        .iter()
+        .all(|r| r.endpoint != Endpoint::WireServer));
+    assert!(
+        stack
+            .access_log()
+            .iter()
+            .all(|e| e["endpoint"] != "wireserver"),
+        "refused in the kernel, so the proxy never saw it"
+    );
+    // Root still passes through the proxy.
+    let root = stack.curl(
+        None,
+        &format!("{WIRESERVER}/?comp=versions"),
+        &[&tag_header("fast-root")],
+    );
+    assert_eq!(root.status, 200);
+    assert_eq!(
+        stack.records_tagged("fast-root")[0].header("x-ms-azure-host-claims"),
+        Some(r#"{ "isRoot": "true"}"#)
+    );
+}

@@ -42,20 +42,29 @@ fn map_entries(pin: &std::path::Path) -> usize {
         .arg(pin)
         .output()
         .expect("bpftool runs");
-    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).matches("key:").count()
 }
 
 #[test]
 fn unprivileged_flood_cannot_steal_or_evict_a_root_record() {
-    let Some(mut stack) = Stack::start("id-flood") else { return };
+    let Some(mut stack) = Stack::start("id-flood") else {
+        return;
+    };
     let out = stack.dir.join("flood.out");
     let mut flood = Command::new("python3");
     flood
         .args(["-c", &flood_script(10_000, 6.0)])
         .stdout(std::fs::File::create(&out).expect("flood log"))
         .stderr(Stdio::null());
-    let flood_pid = stack.sandbox.spawn(flood, Some(NOBODY)).expect("flood starts");
+    let flood_pid = stack
+        .sandbox
+        .spawn(flood, Some(NOBODY))
+        .expect("flood starts");
 
     // Root calls while the flood is being opened and held.
     let mut root_pids = Vec::new();
@@ -68,7 +77,10 @@ fn unprivileged_flood_cannot_steal_or_evict_a_root_record() {
     }
     let opened = std::fs::read_to_string(&out).unwrap_or_default();
     println!("flood: {}", opened.trim());
-    assert!(opened.contains("opened 10000"), "the flood opened its 10,000 connects: {opened:?}");
+    assert!(
+        opened.contains("opened 10000"),
+        "the flood opened its 10,000 connects: {opened:?}"
+    );
 
     // Every root request was attributed to its own curl process, as root.
     let log = stack.access_log();
@@ -81,12 +93,18 @@ fn unprivileged_flood_cannot_steal_or_evict_a_root_record() {
         assert_eq!(entry["status"], 200, "{entry}");
     }
     // No request of the flood was attributed to root, and none reached WireServer.
-    assert!(stack.records().iter().all(|r| r.header("x-ms-azure-host-claims") == Some(r#"{ "isRoot": "true"}"#)));
+    assert!(stack
+        .records()
+        .iter()
+        .all(|r| r.header("x-ms-azure-host-claims") == Some(r#"{ "isRoot": "true"}"#)));
 
     stack.sandbox.kill(flood_pid);
     std::thread::sleep(Duration::from_millis(500));
     let pins = stack.sandbox.pin_dir();
-    let (left, left_root) = (map_entries(&pins.join("fp_handoff")), map_entries(&pins.join("fp_handoff_root")));
+    let (left, left_root) = (
+        map_entries(&pins.join("fp_handoff")),
+        map_entries(&pins.join("fp_handoff_root")),
+    );
     println!("hand-off entries after the flood: {left} (root table: {left_root})");
     assert_eq!((left, left_root), (0, 0), "the hand-off tables leak");
 }

@@ -118,8 +118,8 @@ static __always_inline struct fp_endpoint *guarded(__u32 addr, __u16 port)
  * VERDICT_PROCEED when the connect may go on (to be redirected by the caller, or untouched
  * for the proxy's own sockets), VERDICT_REJECT otherwise. *redirect tells which.
  */
-static __always_inline int claim_connect(struct bpf_sock_addr *ctx, __u32 dst_addr, __u16 dst_port,
-					 int *redirect)
+static __always_inline int claim_connect(struct bpf_sock_addr *ctx, struct fp_endpoint *ep,
+					 __u32 dst_addr, __u16 dst_port, int *redirect)
 {
 	struct fp_caller_record *rec;
 	struct bpf_sock *sk = ctx->sk;
@@ -136,6 +136,12 @@ static __always_inline int claim_connect(struct bpf_sock_addr *ctx, __u32 dst_ad
 	 */
 	if (fp_proxy_netns_cookie != 0 && bpf_get_netns_cookie(ctx) != fp_proxy_netns_cookie)
 		return fp_foreign_netns_pass ? VERDICT_PROCEED : VERDICT_REJECT;
+	/*
+	 * The kernel fast path: when no rule could ever let this caller through (a root-only
+	 * endpoint in enforce mode), refuse here instead of in the proxy.
+	 */
+	if ((ep->flags & FP_ENDPOINT_ROOT_ONLY) && (__u32)bpf_get_current_uid_gid() != 0)
+		return VERDICT_REJECT;
 
 	/* Fail closed: a connect we cannot attribute never reaches the endpoint. */
 	rec = bpf_sk_storage_get(&fp_callers, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
@@ -152,14 +158,15 @@ int fp_connect4(struct bpf_sock_addr *ctx)
 	__u32 type = ctx->type;
 	__u32 dst_addr = ctx->user_ip4;
 	__u16 dst_port = (__u16)ctx->user_port;
+	struct fp_endpoint *ep = guarded(dst_addr, dst_port);
 	int redirect, verdict;
 
-	if (!guarded(dst_addr, dst_port))
+	if (!ep)
 		return VERDICT_PROCEED;
 	/* Connected UDP (and anything else that is not a stream) to a guarded port: refused. */
 	if (type != SOCK_STREAM)
 		return VERDICT_REJECT;
-	verdict = claim_connect(ctx, dst_addr, dst_port, &redirect);
+	verdict = claim_connect(ctx, ep, dst_addr, dst_port, &redirect);
 	if (redirect) {
 		ctx->user_ip4 = fp_proxy_addr;
 		ctx->user_port = bpf_htons(fp_proxy_port);
@@ -186,13 +193,17 @@ int fp_connect6(struct bpf_sock_addr *ctx)
 	__u32 type = ctx->type;
 	__u32 dst_addr = mapped_v4(ctx);
 	__u16 dst_port = (__u16)ctx->user_port;
+	struct fp_endpoint *ep;
 	int redirect, verdict;
 
-	if (!dst_addr || !guarded(dst_addr, dst_port))
+	if (!dst_addr)
+		return VERDICT_PROCEED;
+	ep = guarded(dst_addr, dst_port);
+	if (!ep)
 		return VERDICT_PROCEED;
 	if (type != SOCK_STREAM)
 		return VERDICT_REJECT;
-	verdict = claim_connect(ctx, dst_addr, dst_port, &redirect);
+	verdict = claim_connect(ctx, ep, dst_addr, dst_port, &redirect);
 	if (redirect) {
 		ctx->user_ip6[0] = 0;
 		ctx->user_ip6[1] = 0;

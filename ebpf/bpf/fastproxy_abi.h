@@ -27,6 +27,9 @@
 /* fp_endpoint.action */
 #define FP_ACTION_REDIRECT 1
 
+/* fp_endpoint.flags: refuse (EPERM) every caller whose uid is not 0, in the kernel. */
+#define FP_ENDPOINT_ROOT_ONLY (1 << 0)
+
 /* fp_caller_record.flags */
 #define FP_RECORD_REDIRECTED (1 << 0)
 #define FP_RECORD_START_TIME (1 << 1)
@@ -41,7 +44,7 @@ struct fp_endpoint_key {
 /* Value of the guarded-endpoint table. */
 struct fp_endpoint {
 	__u32 action; /* FP_ACTION_* */
-	__u32 flags;  /* reserved, 0 */
+	__u32 flags;  /* FP_ENDPOINT_* */
 };
 
 /*

@@ -34,6 +34,7 @@ pub const FP_MAX_ENDPOINTS: u32 = 64;
 pub const FP_HANDOFF_ENTRIES: u32 = 16384;
 pub const FP_HANDOFF_ROOT_ENTRIES: u32 = 4096;
 pub const FP_ACTION_REDIRECT: u32 = 1;
+pub const FP_ENDPOINT_ROOT_ONLY: u32 = 1 << 0;
 pub const FP_RECORD_REDIRECTED: u16 = 1 << 0;
 pub const FP_RECORD_START_TIME: u16 = 1 << 1;
 pub const IPPROTO_TCP: u16 = 6;

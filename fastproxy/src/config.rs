@@ -7,7 +7,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::http::Limits;
-use crate::upstream::{EndpointKind, EndpointTable};
+use crate::upstream::{EndpointKind, EndpointMode, EndpointTable};
 
 /// The proxy's default listening address: loopback, on a privileged port so that no
 /// unprivileged process can take it over while fastproxy is down.
@@ -63,6 +63,9 @@ pub struct ProxySettings {
     pub foreign_netns_pass: bool,
     /// Directory in a bpf file system for the pinned programs and maps.
     pub pin_dir: PathBuf,
+    /// Refuse non-root callers of root-only endpoints in enforce mode in the kernel (EPERM)
+    /// instead of in the proxy (403).
+    pub kernel_deny: bool,
 }
 
 impl Default for ProxySettings {
@@ -77,6 +80,7 @@ impl Default for ProxySettings {
             cgroup: None,
             foreign_netns_pass: false,
             pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
+            kernel_deny: false,
         }
     }
 }
@@ -114,6 +118,18 @@ impl ProxySettings {
         }
         Ok(())
     }
+}
+
+/// Parse `NAME=MODE` (e.g. `imds=disabled`).
+pub fn parse_mode_override(spec: &str) -> Result<(EndpointKind, EndpointMode), ConfigError> {
+    let err = |reason: String| ConfigError {
+        field: "mode",
+        reason,
+    };
+    let (name, mode) = spec
+        .split_once('=')
+        .ok_or_else(|| err(format!("{spec:?} is not NAME=MODE")))?;
+    Ok((name.parse().map_err(err)?, mode.parse().map_err(err)?))
 }
 
 /// Parse `NAME=IP:PORT` (e.g. `wireserver=127.100.0.16:80`).
@@ -169,5 +185,13 @@ mod tests {
         assert!(parse_endpoint_override("imds").is_err());
         assert!(parse_endpoint_override("dns=1.2.3.4:53").is_err());
         assert!(parse_endpoint_override("imds=1.2.3.4").is_err());
+        assert_eq!(
+            parse_mode_override("IMDS=Disabled"),
+            Ok((EndpointKind::Imds, EndpointMode::Disabled))
+        );
+        assert_eq!(
+            parse_mode_override("imds=off").map_err(|e| e.field),
+            Err("mode")
+        );
     }
 }

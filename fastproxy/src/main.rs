@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use fastproxy::config::{parse_endpoint_override, ProxySettings, DEFAULT_LISTEN, DEFAULT_MARK};
+use fastproxy::config::{
+    parse_endpoint_override, parse_mode_override, ProxySettings, DEFAULT_LISTEN, DEFAULT_MARK,
+};
 use fastproxy::redirect::{self, RedirectSettings};
 use fastproxy::sys::{caps, has_capability};
 use fastproxy::telemetry::{self, LogFormat};
@@ -68,6 +70,13 @@ struct RedirectArgs {
     /// Directory in a bpf file system for the pinned programs and maps.
     #[arg(long, default_value = redirect::DEFAULT_PIN_DIR)]
     bpffs_dir: PathBuf,
+    /// Mode of an endpoint: NAME=MODE with MODE disabled (not redirected), audit or enforce.
+    #[arg(long = "mode", value_name = "NAME=MODE")]
+    modes: Vec<String>,
+    /// Refuse non-root callers of WireServer and HostGAPlugin (enforce mode) in the kernel
+    /// with EPERM, instead of a 403 from the proxy.
+    #[arg(long)]
+    kernel_deny: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -93,8 +102,13 @@ impl RedirectArgs {
             cgroup: self.cgroup.clone(),
             foreign_netns_pass: self.foreign_netns == "pass",
             pin_dir: self.bpffs_dir.clone(),
+            kernel_deny: self.kernel_deny,
             ..ProxySettings::default()
         };
+        for spec in &self.modes {
+            let (kind, mode) = parse_mode_override(spec)?;
+            settings.endpoints.set_mode(kind, mode);
+        }
         for spec in &self.endpoints {
             let (kind, addr) = parse_endpoint_override(spec)?;
             settings.endpoints.set(kind, addr);
@@ -126,6 +140,7 @@ fn redirect_settings(settings: &ProxySettings) -> RedirectSettings {
         cgroup: settings.cgroup.clone(),
         foreign_netns_pass: settings.foreign_netns_pass,
         pin_dir: settings.pin_dir.clone(),
+        kernel_deny: settings.kernel_deny,
     }
 }
 

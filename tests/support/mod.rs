@@ -24,6 +24,11 @@ pub struct Stack {
 
 impl Stack {
     pub fn start(tag: &str) -> Option<Stack> {
+        Self::start_with(tag, &[])
+    }
+
+    /// Like `start`, with extra `fastproxy run` arguments.
+    pub fn start_with(tag: &str, proxy_args: &[&str]) -> Option<Stack> {
         if !is_root() {
             eprintln!(
                 "SKIPPED {tag}: needs root (eBPF, network namespaces, cgroups); CI runs it as root"
@@ -33,9 +38,13 @@ impl Stack {
         let mut sandbox = Sandbox::create(tag, &azure_addresses()).expect("sandbox");
         let dir = std::env::temp_dir().join(format!("fastproxy-test-{}", sandbox.name()));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let (standin_pid, proxy_pid) =
-            start_stack(&mut sandbox, Path::new(EXE), &dir, &["--workers", "2"])
-                .expect("stack starts");
+        let (standin_pid, proxy_pid) = start_stack(
+            &mut sandbox,
+            Path::new(EXE),
+            &dir,
+            &[&["--workers", "2"], proxy_args].concat(),
+        )
+        .expect("stack starts");
         Some(Stack {
             sandbox,
             dir,

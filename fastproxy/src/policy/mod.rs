@@ -4,7 +4,7 @@
 //! every mode (they hand out the VM's secrets), IMDS is open to every local caller.
 
 use crate::identity::CallerRecord;
-use crate::upstream::EndpointKind;
+use crate::upstream::{EndpointKind, EndpointMode, GuardedEndpoint};
 
 /// Why a request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,9 +42,13 @@ impl Decision {
     }
 }
 
-/// Evaluate the built-in rules.
-pub fn evaluate(caller: &CallerRecord, endpoint: EndpointKind) -> Decision {
-    match endpoint {
+/// Evaluate the built-in rules for a request to `endpoint`. A `disabled` endpoint allows
+/// everything (it is normally not even redirected); the root-only rule holds in audit mode too.
+pub fn evaluate(caller: &CallerRecord, endpoint: &GuardedEndpoint) -> Decision {
+    if endpoint.mode == EndpointMode::Disabled {
+        return Decision::Allow("mode disabled");
+    }
+    match endpoint.kind {
         EndpointKind::WireServer | EndpointKind::HostGaPlugin if caller.is_root() => {
             Decision::Allow("builtin: root")
         }
@@ -80,14 +84,24 @@ mod tests {
             (65534, EndpointKind::HostGaPlugin, false),
             (65534, EndpointKind::Imds, true),
         ];
-        for (uid, ep, allowed) in cases {
-            let caller = CallerRecord::for_uid(uid, dst);
-            assert_eq!(
-                evaluate(&caller, ep).is_allowed(),
-                allowed,
-                "uid {uid} -> {ep}"
-            );
+        for mode in [EndpointMode::Audit, EndpointMode::Enforce] {
+            for (uid, kind, allowed) in cases {
+                let caller = CallerRecord::for_uid(uid, dst);
+                let ep = GuardedEndpoint {
+                    kind,
+                    addr: dst,
+                    mode,
+                };
+                let got = evaluate(&caller, &ep).is_allowed();
+                assert_eq!(got, allowed, "uid {uid} -> {kind} ({mode:?})");
+            }
         }
+        let disabled = GuardedEndpoint {
+            kind: EndpointKind::WireServer,
+            addr: dst,
+            mode: EndpointMode::Disabled,
+        };
+        assert!(evaluate(&CallerRecord::for_uid(1000, dst), &disabled).is_allowed());
     }
 
     #[test]

@@ -332,7 +332,7 @@ impl Connection {
             return Ok(Some(plan));
         };
         plan.endpoint = Some(endpoint);
-        let decision = policy::evaluate(&caller, endpoint.kind);
+        let decision = policy::evaluate(&caller, &endpoint);
         plan.decision = Some(decision);
         if let Decision::Deny(reason) = decision {
             plan.refusal = Some(ProxyError::Denied(reason.as_str()));

@@ -19,12 +19,13 @@ use aya::programs::links::{FdLink, LinkError};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use fastproxy_ebpf::{
-    names, EndpointAction, EndpointKey, RawCallerRecord, Tuple, FP_ACTION_REDIRECT, IPPROTO_TCP,
+    names, EndpointAction, EndpointKey, RawCallerRecord, Tuple, FP_ACTION_REDIRECT,
+    FP_ENDPOINT_ROOT_ONLY, IPPROTO_TCP,
 };
 use thiserror::Error;
 
 use crate::identity::kernel::CallerLookup;
-use crate::upstream::EndpointTable;
+use crate::upstream::{EndpointMode, EndpointTable};
 
 /// What the kernel side needs to know.
 #[derive(Debug, Clone)]
@@ -41,6 +42,8 @@ pub struct RedirectSettings {
     pub foreign_netns_pass: bool,
     /// Directory in a bpf file system for the pinned links and maps.
     pub pin_dir: PathBuf,
+    /// Refuse non-root callers of root-only endpoints in enforce mode in the kernel.
+    pub kernel_deny: bool,
 }
 
 pub use crate::config::DEFAULT_PIN_DIR;
@@ -156,7 +159,7 @@ pub fn attach(
         .load(fastproxy_ebpf::object())
         .map_err(|e| RedirectError::Load(Box::new(e)))?;
 
-    sync_endpoints(&mut ebpf, &settings.endpoints)?;
+    sync_endpoints(&mut ebpf, &settings.endpoints, settings.kernel_deny)?;
 
     let program_err = |name: &'static str| {
         move |e: aya::programs::ProgramError| RedirectError::Program {
@@ -239,25 +242,18 @@ pub fn attach(
 /// Make the kernel's endpoint table exactly the configured one (it is pinned, so it may hold
 /// a previous configuration): add what is missing first, then remove what is no longer
 /// guarded, so an endpoint that stays guarded is never absent.
-fn sync_endpoints(ebpf: &mut Ebpf, table: &EndpointTable) -> Result<(), RedirectError> {
+fn sync_endpoints(
+    ebpf: &mut Ebpf,
+    table: &EndpointTable,
+    kernel_deny: bool,
+) -> Result<(), RedirectError> {
     let map = ebpf
         .map_mut(names::ENDPOINTS)
         .ok_or_else(|| missing(names::ENDPOINTS))?;
     let mut endpoints: HashMap<_, EndpointKey, EndpointAction> =
         HashMap::try_from(map).map_err(|e| map_err(names::ENDPOINTS, e))?;
-    let wanted: Vec<EndpointKey> = table
-        .iter()
-        .map(|e| EndpointKey {
-            addr: u32::from_ne_bytes(e.addr.ip().octets()),
-            port: e.addr.port().to_be(),
-            proto: IPPROTO_TCP,
-        })
-        .collect();
-    let action = EndpointAction {
-        action: FP_ACTION_REDIRECT,
-        flags: 0,
-    };
-    for key in &wanted {
+    let wanted = kernel_table(table, kernel_deny);
+    for (key, action) in &wanted {
         endpoints
             .insert(key, action, 0)
             .map_err(|e| map_err(names::ENDPOINTS, e))?;
@@ -265,7 +261,7 @@ fn sync_endpoints(ebpf: &mut Ebpf, table: &EndpointTable) -> Result<(), Redirect
     let stale: Vec<EndpointKey> = endpoints
         .keys()
         .filter_map(Result::ok)
-        .filter(|k| !wanted.contains(k))
+        .filter(|k| !wanted.iter().any(|(w, _)| w == k))
         .collect();
     for key in stale {
         endpoints
@@ -273,6 +269,38 @@ fn sync_endpoints(ebpf: &mut Ebpf, table: &EndpointTable) -> Result<(), Redirect
             .map_err(|e| map_err(names::ENDPOINTS, e))?;
     }
     Ok(())
+}
+
+/// The kernel's endpoint table for a configuration: `disabled` endpoints are absent (never
+/// redirected); with `kernel_deny`, root-only endpoints in enforce mode refuse non-root
+/// callers in the kernel.
+pub fn kernel_table(
+    table: &EndpointTable,
+    kernel_deny: bool,
+) -> Vec<(EndpointKey, EndpointAction)> {
+    table
+        .iter()
+        .filter(|e| e.mode != EndpointMode::Disabled)
+        .map(|e| {
+            let key = EndpointKey {
+                addr: u32::from_ne_bytes(e.addr.ip().octets()),
+                port: e.addr.port().to_be(),
+                proto: IPPROTO_TCP,
+            };
+            let flags = if kernel_deny && e.mode == EndpointMode::Enforce && e.root_only() {
+                FP_ENDPOINT_ROOT_ONLY
+            } else {
+                0
+            };
+            (
+                key,
+                EndpointAction {
+                    action: FP_ACTION_REDIRECT,
+                    flags,
+                },
+            )
+        })
+        .collect()
 }
 
 fn link_pin(pin_dir: &Path, program: &str) -> PathBuf {
@@ -385,6 +413,28 @@ fn unescape_mountinfo(field: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_table_follows_modes() {
+        use crate::upstream::EndpointKind;
+        let mut table = EndpointTable::azure();
+        table.set_mode(EndpointKind::Imds, EndpointMode::Disabled);
+        table.set_mode(EndpointKind::HostGaPlugin, EndpointMode::Audit);
+        let plain = kernel_table(&table, false);
+        assert_eq!(plain.len(), 2, "disabled IMDS is not redirected");
+        assert!(plain.iter().all(|(_, a)| a.flags == 0));
+        let fast = kernel_table(&table, true);
+        let flagged: Vec<_> = fast
+            .iter()
+            .filter(|(_, a)| a.flags & FP_ENDPOINT_ROOT_ONLY != 0)
+            .collect();
+        assert_eq!(
+            flagged.len(),
+            1,
+            "only enforce-mode WireServer is refused in the kernel"
+        );
+        assert_eq!(flagged[0].0.port, 80u16.to_be());
+    }
 
     #[test]
     fn finds_cgroup2_in_a_hybrid_layout() {

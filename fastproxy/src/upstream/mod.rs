@@ -60,11 +60,58 @@ impl FromStr for EndpointKind {
     }
 }
 
+/// How an endpoint is guarded (SPEC-GPA.md section 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EndpointMode {
+    /// Not guarded at all: the kernel does not redirect it.
+    Disabled,
+    /// Redirected and logged; only the built-in rules refuse.
+    Audit,
+    /// Redirected and enforced.
+    #[default]
+    Enforce,
+}
+
+impl EndpointMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            EndpointMode::Disabled => "disabled",
+            EndpointMode::Audit => "audit",
+            EndpointMode::Enforce => "enforce",
+        }
+    }
+}
+
+impl FromStr for EndpointMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            EndpointMode::Disabled,
+            EndpointMode::Audit,
+            EndpointMode::Enforce,
+        ]
+        .into_iter()
+        .find(|m| m.name().eq_ignore_ascii_case(s))
+        .ok_or_else(|| format!("unknown mode {s:?}: expected disabled, audit or enforce"))
+    }
+}
+
 /// One guarded destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GuardedEndpoint {
     pub kind: EndpointKind,
     pub addr: SocketAddrV4,
+    pub mode: EndpointMode,
+}
+
+impl GuardedEndpoint {
+    /// Whether only root may ever call it (the built-in rule of WireServer and HostGAPlugin).
+    pub fn root_only(&self) -> bool {
+        matches!(
+            self.kind,
+            EndpointKind::WireServer | EndpointKind::HostGaPlugin
+        )
+    }
 }
 
 /// All guarded destinations.
@@ -82,6 +129,7 @@ impl EndpointTable {
                 .map(|kind| GuardedEndpoint {
                     kind,
                     addr: kind.azure_address(),
+                    mode: EndpointMode::Enforce,
                 })
                 .collect(),
         }
@@ -92,6 +140,15 @@ impl EndpointTable {
         for e in &mut self.endpoints {
             if e.kind == kind {
                 e.addr = addr;
+            }
+        }
+    }
+
+    /// Set the mode of one endpoint.
+    pub fn set_mode(&mut self, kind: EndpointKind, mode: EndpointMode) {
+        for e in &mut self.endpoints {
+            if e.kind == kind {
+                e.mode = mode;
             }
         }
     }
@@ -129,5 +186,7 @@ mod tests {
             Ok(EndpointKind::HostGaPlugin)
         );
         assert!("metadata".parse::<EndpointKind>().is_err());
+        assert_eq!("Audit".parse::<EndpointMode>(), Ok(EndpointMode::Audit));
+        assert!("off".parse::<EndpointMode>().is_err());
     }
 }
