@@ -266,6 +266,44 @@ fn bad_environment_is_one_clear_line_and_attaches_nothing() {
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
         assert!(stderr.contains(want), "{args:?}: {stderr}");
     }
+    // A machine without a cgroup2 mount, and a kernel without BTF, simulated in a private
+    // mount namespace (the unmount and the bind mount never leave it). The shell stops before
+    // fastproxy runs if the simulation could not be set up.
+    let exe = EXE;
+    let pins = stack.sandbox.pin_dir().join("other");
+    let cgroup = stack.sandbox.cgroup().display().to_string();
+    let simulations = [
+        (
+            format!(
+                "for m in $(awk '$9==\"cgroup2\"{{print $5}}' /proc/self/mountinfo); do umount -l \"$m\" || exit 99; done; \
+                 exec {exe} run --bpffs-dir {}",
+                pins.display()
+            ),
+            "no cgroup2 file system is mounted",
+        ),
+        (
+            format!(
+                "mount --bind /dev/null /sys/kernel/btf/vmlinux || exit 99; exec {exe} run --cgroup {cgroup} --bpffs-dir {}",
+                pins.display()
+            ),
+            "the kernel has no BTF",
+        ),
+    ];
+    for (script, want) in simulations {
+        let out = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .output()
+            .expect("unshare runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(
+            out.status.code(),
+            Some(99),
+            "simulation not set up: {stderr}"
+        );
+        assert!(!out.status.success());
+        assert_eq!(stderr.lines().count(), 1, "{want}: {stderr}");
+        assert!(stderr.contains(want), "{want}: {stderr}");
+    }
     assert!(!not_bpffs.exists(), "nothing was created");
     assert!(
         !stack.sandbox.pin_dir().join("other").exists(),

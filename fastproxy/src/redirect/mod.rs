@@ -121,7 +121,8 @@ pub enum LinkAction {
 pub fn attach(
     settings: &RedirectSettings,
 ) -> Result<(Redirect, CallerLookup, LinkAction), RedirectError> {
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+    let btf = std::fs::metadata("/sys/kernel/btf/vmlinux");
+    if !btf.is_ok_and(|m| m.is_file() && m.len() > 0) {
         return Err(RedirectError::NoBtf);
     }
     let cgroup = match &settings.cgroup {
