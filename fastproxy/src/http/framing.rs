@@ -29,8 +29,20 @@ enum State {
     Size {
         digits: u8,
     },
-    /// In a chunk extension, after `;`.
-    Extension,
+    /// In a chunk extension, right after `;`: a name must start here.
+    ExtensionStart,
+    /// In a chunk extension's name.
+    ExtensionName,
+    /// Right after `=`: a token or a quoted string must start here.
+    ExtensionValueStart,
+    /// In an unquoted extension value.
+    ExtensionValue,
+    /// In a quoted extension value; `escaped` after a backslash.
+    ExtensionQuoted {
+        escaped: bool,
+    },
+    /// After the closing quote: `;` or CR must follow.
+    ExtensionQuotedEnd,
     /// Expecting LF after the CR ending the size line.
     SizeLf,
     /// Inside chunk data.
@@ -116,7 +128,7 @@ impl ChunkedDecoder {
                     } else if digits == 0 {
                         return Err(self.err("empty chunk size"));
                     } else if b == b';' {
-                        self.state = State::Extension;
+                        self.state = State::ExtensionStart;
                     } else if b == b'\r' {
                         self.state = State::SizeLf;
                     } else {
@@ -124,16 +136,60 @@ impl ChunkedDecoder {
                         return Err(self.err("invalid chunk size"));
                     }
                 }
-                State::Extension => {
+                State::ExtensionStart => {
+                    self.bump_line()?;
+                    if !is_tchar(b) {
+                        return Err(self.err("chunk extension without a name"));
+                    }
+                    self.state = State::ExtensionName;
+                }
+                State::ExtensionName => {
                     self.bump_line()?;
                     match b {
+                        b'=' => self.state = State::ExtensionValueStart,
+                        b';' => self.state = State::ExtensionStart,
                         b'\r' => self.state = State::SizeLf,
-                        b'\n' | 0 => return Err(self.err("invalid byte in chunk extension")),
-                        b if b < 0x20 && b != b'\t' => {
-                            return Err(self.err("control byte in chunk extension"))
-                        }
-                        0x7f => return Err(self.err("control byte in chunk extension")),
-                        _ => {}
+                        b if is_tchar(b) => {}
+                        _ => return Err(self.err("invalid byte in a chunk extension name")),
+                    }
+                }
+                State::ExtensionValueStart => {
+                    self.bump_line()?;
+                    match b {
+                        b'"' => self.state = State::ExtensionQuoted { escaped: false },
+                        b if is_tchar(b) => self.state = State::ExtensionValue,
+                        _ => return Err(self.err("empty chunk extension value")),
+                    }
+                }
+                State::ExtensionValue => {
+                    self.bump_line()?;
+                    match b {
+                        b';' => self.state = State::ExtensionStart,
+                        b'\r' => self.state = State::SizeLf,
+                        b if is_tchar(b) => {}
+                        _ => return Err(self.err("invalid byte in a chunk extension value")),
+                    }
+                }
+                State::ExtensionQuoted { escaped } => {
+                    self.bump_line()?;
+                    // qdtext and quoted-pair (RFC 9110 5.6.4): HTAB, SP, VCHAR, obs-text.
+                    let text = b == b'\t' || b == b' ' || (0x21..=0x7e).contains(&b) || b >= 0x80;
+                    if !text {
+                        return Err(self.err("invalid byte in a quoted chunk extension"));
+                    }
+                    self.state = match (escaped, b) {
+                        (true, _) => State::ExtensionQuoted { escaped: false },
+                        (false, b'\\') => State::ExtensionQuoted { escaped: true },
+                        (false, b'"') => State::ExtensionQuotedEnd,
+                        (false, _) => State::ExtensionQuoted { escaped: false },
+                    };
+                }
+                State::ExtensionQuotedEnd => {
+                    self.bump_line()?;
+                    match b {
+                        b';' => self.state = State::ExtensionStart,
+                        b'\r' => self.state = State::SizeLf,
+                        _ => return Err(self.err("bytes after a quoted chunk extension")),
                     }
                 }
                 State::SizeLf => {
@@ -214,6 +270,11 @@ impl ChunkedDecoder {
     }
 }
 
+/// RFC 9110 token characters.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,7 +307,8 @@ mod tests {
 
     #[test]
     fn accepts_valid_bodies_and_stops_at_the_end() {
-        let body = b"5\r\nhello\r\nA;ext=1;q=\"x\"\r\n0123456789\r\n0\r\nTrailer: v\r\n\r\nNEXT";
+        let body =
+            b"5\r\nhello\r\nA;ext=1;q=\"x\\\"y\";flag\r\n0123456789\r\n0\r\nTrailer: v\r\n\r\nNEXT";
         assert_eq!(scan(body), Ok(body.len() - 4));
         assert_eq!(scan(b"0\r\n\r\n"), Ok(5));
     }
@@ -254,18 +316,23 @@ mod tests {
     #[test]
     fn rejects_malformed_bodies() {
         let bad: &[&[u8]] = &[
-            b"\r\n",                         // empty size
-            b";x\r\n",                       // empty size with extension
-            b"5 \r\nhello\r\n0\r\n\r\n",     // whitespace after size
-            b"5\nhello\r\n0\r\n\r\n",        // bare LF after size
-            b"5;a\nb\r\nhello\r\n0\r\n\r\n", // LF in extension
-            b"5;a\0b\r\nhello\r\n0\r\n\r\n", // NUL in extension
-            b"5\r\nhelloX\r\n0\r\n\r\n",     // data longer than its size
-            b"-5\r\n",                       // sign
-            b"0x5\r\n",                      // 0x prefix: 0 then x
-            b"fffffffffffffffff\r\n",        // overflow
-            b"0\r\nT: v\n\r\n",              // bare LF in trailer
-            b"0\r\n\n",                      // bare LF ending
+            b"\r\n",                             // empty size
+            b";x\r\n",                           // empty size with extension
+            b"5 \r\nhello\r\n0\r\n\r\n",         // whitespace after size
+            b"5\nhello\r\n0\r\n\r\n",            // bare LF after size
+            b"5;a\nb\r\nhello\r\n0\r\n\r\n",     // LF in extension
+            b"5;a\0b\r\nhello\r\n0\r\n\r\n",     // NUL in extension
+            b"5;\r\nhello\r\n0\r\n\r\n",         // no extension name
+            b"5;a=\r\nhello\r\n0\r\n\r\n",       // empty value
+            b"5;a=\"x\r\nhello\r\n0\r\n\r\n",    // unbalanced quote
+            b"5;a=\"x\"y\r\nhello\r\n0\r\n\r\n", // bytes after the quote
+            b"5 ;a\r\nhello\r\n0\r\n\r\n",       // whitespace before the semicolon
+            b"5\r\nhelloX\r\n0\r\n\r\n",         // data longer than its size
+            b"-5\r\n",                           // sign
+            b"0x5\r\n",                          // 0x prefix: 0 then x
+            b"fffffffffffffffff\r\n",            // overflow
+            b"0\r\nT: v\n\r\n",                  // bare LF in trailer
+            b"0\r\n\n",                          // bare LF ending
         ];
         for body in bad {
             assert!(scan(body).is_err(), "{:?}", String::from_utf8_lossy(body));

@@ -84,6 +84,98 @@ pub fn parse_request<'b>(
     buf: &'b [u8],
     limits: &Limits,
 ) -> Result<Option<RequestHead<'b>>, HttpError> {
+    match parse_head(buf, limits, true)? {
+        Some(head) => Ok(Some(head)),
+        None => {
+            check_partial(buf, limits)?;
+            Ok(None)
+        }
+    }
+}
+
+/// An incomplete head is judged on the lines it already has, so a bad request line or field
+/// is refused as soon as it arrives rather than after the client finishes a head that can
+/// never pass (llhttp does the same). Only runs when a head arrives in pieces.
+fn check_partial(buf: &[u8], limits: &Limits) -> Result<(), HttpError> {
+    let Some(last_lf) = buf.iter().rposition(|&b| b == b'\n') else {
+        return check_request_line_prefix(buf);
+    };
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|scratch| {
+        let mut head = scratch.borrow_mut();
+        head.clear();
+        head.extend_from_slice(&buf[..=last_lf]);
+        head.extend_from_slice(b"\r\n");
+        let complete = parse_head(&head, limits, false)?;
+        let has_length = complete.is_some_and(|h| {
+            h.fields
+                .iter()
+                .any(|f| f.name.eq_ignore_ascii_case("content-length"))
+        });
+        check_partial_field(&buf[last_lf + 1..], has_length)
+    })
+}
+
+/// The field still arriving: a Content-Length is judged digit by digit (a second one, a
+/// non-digit, or an overflow can never become valid).
+fn check_partial_field(line: &[u8], has_length: bool) -> Result<(), HttpError> {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return Ok(());
+    };
+    if !line[..colon].eq_ignore_ascii_case(b"content-length") {
+        return Ok(());
+    }
+    if has_length {
+        return Err(HttpError::Framing("repeated Content-Length"));
+    }
+    let value = line[colon + 1..].trim_ascii_start();
+    let digits = value.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits > 19 || parse_content_length(&value[..digits]).is_none() && digits > 0 {
+        return Err(HttpError::Framing("invalid Content-Length"));
+    }
+    if value[digits..]
+        .iter()
+        .any(|&b| b != b' ' && b != b'\t' && b != b'\r')
+    {
+        return Err(HttpError::Framing("invalid Content-Length"));
+    }
+    Ok(())
+}
+
+/// Before the request line is complete: the method so far must be a prefix of an allowed one
+/// (anything else can never pass), and nothing may come before it.
+fn check_request_line_prefix(buf: &[u8]) -> Result<(), HttpError> {
+    // httparse skips empty lines before a request line; so does this check.
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    let buf = &buf[start..];
+    let method_end = buf.iter().position(|&b| b == b' ').unwrap_or(buf.len());
+    let method = &buf[..method_end];
+    if !ALLOWED_METHODS
+        .iter()
+        .any(|m| m.as_bytes().starts_with(method))
+    {
+        let shown = String::from_utf8_lossy(method).into_owned();
+        return Err(if method.iter().all(u8::is_ascii_alphabetic) {
+            HttpError::MethodNotAllowed(shown)
+        } else {
+            HttpError::Malformed("invalid method")
+        });
+    }
+    Ok(())
+}
+
+/// Parse a head; `Ok(None)` when incomplete. `require_host` is false only when judging the
+/// complete lines of a partial head (the Host line may still come).
+fn parse_head<'b>(
+    buf: &'b [u8],
+    limits: &Limits,
+    require_host: bool,
+) -> Result<Option<RequestHead<'b>>, HttpError> {
     check_request_line(buf, limits)?;
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let max = limits.headers.min(MAX_HEADERS);
@@ -115,6 +207,9 @@ pub fn parse_request<'b>(
         // destination, so a target naming a host is confusion at best.
         return Err(HttpError::Malformed("request target must be origin-form"));
     }
+    if !target.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(HttpError::Malformed("non-ASCII byte in the request target"));
+    }
     check_traversal(target)?;
 
     let fields: SmallVec<[Field<'b>; 24]> = req
@@ -126,15 +221,6 @@ pub fn parse_request<'b>(
         })
         .collect();
     let facts = message_facts(&fields, minor_version, false)?;
-    let mut hosts = fields
-        .iter()
-        .filter(|f| f.name.eq_ignore_ascii_case("host"));
-    // Host is required even in HTTP/1.0: the request goes upstream as HTTP/1.1, which needs it.
-    match (hosts.next(), hosts.next()) {
-        (Some(_), None) => {}
-        (None, _) => return Err(HttpError::Malformed("missing Host")),
-        (Some(_), Some(_)) => return Err(HttpError::Malformed("duplicate Host")),
-    }
     if fields
         .iter()
         .any(|f| f.name.eq_ignore_ascii_case("upgrade"))
@@ -155,6 +241,16 @@ pub fn parse_request<'b>(
         Some(f) if f.value.eq_ignore_ascii_case(b"100-continue") => true,
         Some(_) => return Err(HttpError::Malformed("unsupported Expect")),
     };
+    let mut hosts = fields
+        .iter()
+        .filter(|f| f.name.eq_ignore_ascii_case("host"));
+    // Host is required even in HTTP/1.0: the request goes upstream as HTTP/1.1, which needs it.
+    match (hosts.next(), hosts.next()) {
+        (Some(_), None) => {}
+        (None, _) if !require_host => {}
+        (None, _) => return Err(HttpError::Malformed("missing Host")),
+        (Some(_), Some(_)) => return Err(HttpError::Malformed("duplicate Host")),
+    }
     Ok(Some(RequestHead {
         method,
         target,
