@@ -4,6 +4,8 @@
 //! rejected; a case llhttp accepts must be accepted, or be on the STRICTER list below with
 //! the reason fastproxy refuses it on purpose. The test prints the counts.
 
+mod support;
+
 use base64::Engine;
 use fastproxy::http::{parse_request, parse_response, BodyKind, ChunkedDecoder, Limits};
 use serde_json::Value;
@@ -74,6 +76,8 @@ struct StreamScanner {
     buf: Vec<u8>,
     state: State,
     messages: usize,
+    /// Messages whose head and body were complete before any error.
+    completed: usize,
     keep_alive: bool,
     error: Option<String>,
 }
@@ -85,6 +89,7 @@ impl StreamScanner {
             buf: Vec::new(),
             state: State::Head,
             messages: 0,
+            completed: 0,
             keep_alive: true,
             error: None,
         }
@@ -156,7 +161,8 @@ impl StreamScanner {
         }
     }
 
-    fn after_message(&self) -> State {
+    fn after_message(&mut self) -> State {
+        self.completed += 1;
         if self.keep_alive {
             State::Head
         } else {
@@ -276,4 +282,56 @@ fn llhttp_cases() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+fn decode_case(case: &Value) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(case["input_b64"].as_str().unwrap_or(""))
+        .expect("base64")
+}
+
+/// Send `payload` to WireServer through the redirect, half-close, read until the proxy closes.
+fn half_close_script(payload: &[u8]) -> String {
+    let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "import socket\n\
+         s=socket.create_connection(('168.63.129.16',80),timeout=5)\n\
+         s.sendall(bytes.fromhex('{hex}'))\n\
+         s.shutdown(socket.SHUT_WR)\n\
+         try:\n\
+         \x20   while s.recv(65536): pass\n\
+         except Exception: pass\n"
+    )
+}
+
+/// Every request case through the running proxy: what the parser refuses reaches the
+/// endpoint with zero bytes; what it accepts arrives as the same number of requests.
+#[test]
+fn llhttp_requests_through_the_proxy() {
+    let Some(stack) = support::Stack::start("conform") else {
+        return;
+    };
+    let (mut refused, mut forwarded) = (0, 0);
+    for case in corpus().iter().filter(|c| c["type"] == "request") {
+        let heading = case["heading"].as_str().unwrap_or("?");
+        let input = decode_case(case);
+        let mut scanner = StreamScanner::new(false);
+        scanner.feed(&input);
+        let before = stack.records().len();
+        stack.python(None, &half_close_script(&input));
+        let arrived = stack.records().len() - before;
+        assert_eq!(
+            arrived,
+            scanner.completed,
+            "{heading:?}: {arrived} requests reached the endpoint, the parser completed {} ({:?})",
+            scanner.completed,
+            scanner.verdict()
+        );
+        if scanner.error.is_some() && scanner.completed == 0 {
+            refused += 1;
+        } else {
+            forwarded += arrived;
+        }
+    }
+    println!("through the proxy: {refused} cases refused with nothing forwarded, {forwarded} requests forwarded");
 }
