@@ -356,8 +356,20 @@ impl Connection {
                 .await
                 .map_err(|_| ProxyError::ClientGone("before 100-continue"))?;
         }
+        // A body already buffered whole goes out with the head, in one write.
+        let buffered_end = match plan.body {
+            BodyKind::Length(n) if n <= (self.input.len() - plan.head_len) as u64 => {
+                let end = plan.head_len + n as usize;
+                self.out.extend_from_slice(&self.input[plan.head_len..end]);
+                Some(end)
+            }
+            _ => None,
+        };
         self.send_head(endpoint.addr).await?;
-        let consumed = self.forward_request_body(plan).await?;
+        let consumed = match buffered_end {
+            Some(end) => end,
+            None => self.forward_request_body(plan).await?,
+        };
         let (status, keep_upstream, close) = self.relay_response(plan).await?;
         if !keep_upstream {
             self.drop_upstream();
@@ -524,6 +536,26 @@ impl Connection {
                 } => break (status, body, keep, head_len, close),
             }
         };
+        // Fold what is already buffered of the body into the head's write (one write for a
+        // small response), after checking it: a malformed chunk found here is still a 502.
+        let pos = head_len;
+        let buffered = self.response.len() - pos;
+        let (take, mut remaining, mut decoder, mut extra) = match body {
+            BodyKind::Length(total) => {
+                let take = total.min(buffered as u64) as usize;
+                (take, total - take as u64, None, buffered as u64 > total)
+            }
+            BodyKind::Chunked => {
+                let mut decoder = ChunkedDecoder::new(true);
+                let used = decoder
+                    .advance(&self.response[pos..])
+                    .map_err(ProxyError::from)?;
+                let extra = decoder.is_done() && used < buffered;
+                (used, 0, Some(decoder), extra)
+            }
+            BodyKind::CloseDelimited => (buffered, 0, None, false),
+        };
+        self.out.extend_from_slice(&self.response[pos..pos + take]);
         write_all(&self.client, &mut self.out)
             .await
             .map_err(|_| ProxyError::ClientGone("before the response head"))?;
@@ -531,17 +563,8 @@ impl Connection {
             error,
             answered: true,
         };
-        let mut extra = false;
-        let pos = head_len;
-        match body {
-            BodyKind::Length(total) => {
-                let avail = (self.response.len() - pos) as u64;
-                extra = avail > total;
-                let take = total.min(avail) as usize;
-                self.write_client_range(pos..pos + take)
-                    .await
-                    .map_err(answered)?;
-                let mut remaining = total - take as u64;
+        match (body, decoder.as_mut()) {
+            (BodyKind::Length(_), _) => {
                 while remaining > 0 {
                     let want = remaining.min(RELAY_CHUNK as u64) as usize;
                     let n = self
@@ -555,15 +578,7 @@ impl Connection {
                     remaining -= n as u64;
                 }
             }
-            BodyKind::Chunked => {
-                let mut decoder = ChunkedDecoder::new(true);
-                let used = decoder
-                    .advance(&self.response[pos..])
-                    .map_err(|e| answered(e.into()))?;
-                extra = decoder.is_done() && pos + used < self.response.len();
-                self.write_client_range(pos..pos + used)
-                    .await
-                    .map_err(answered)?;
+            (BodyKind::Chunked, Some(decoder)) => {
                 while !decoder.is_done() {
                     let n = self
                         .read_upstream_body(RELAY_CHUNK, head_timeout)
@@ -579,20 +594,17 @@ impl Connection {
                     self.write_client_relay(0..used).await.map_err(answered)?;
                 }
             }
-            BodyKind::CloseDelimited => {
-                let len = self.response.len();
-                self.write_client_range(pos..len).await.map_err(answered)?;
-                loop {
-                    let n = self
-                        .read_upstream_body(RELAY_CHUNK, head_timeout)
-                        .await
-                        .map_err(answered)?;
-                    if n == 0 {
-                        break;
-                    }
-                    self.write_client_relay(0..n).await.map_err(answered)?;
+            (BodyKind::Chunked, None) => {}
+            (BodyKind::CloseDelimited, _) => loop {
+                let n = self
+                    .read_upstream_body(RELAY_CHUNK, head_timeout)
+                    .await
+                    .map_err(answered)?;
+                if n == 0 {
+                    break;
                 }
-            }
+                self.write_client_relay(0..n).await.map_err(answered)?;
+            },
         }
         Ok((status, upstream_keep && !extra, close))
     }
@@ -619,12 +631,6 @@ impl Connection {
             }),
             Err(_) => Err(ProxyError::UpstreamTimeout(wait)),
         }
-    }
-
-    async fn write_client_range(&mut self, range: Range<usize>) -> Result<(), ProxyError> {
-        write_range(&self.client, &mut self.response, range)
-            .await
-            .map_err(|_| ProxyError::ClientGone("in the response body"))
     }
 
     async fn write_client_relay(&mut self, range: Range<usize>) -> Result<(), ProxyError> {
