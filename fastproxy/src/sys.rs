@@ -335,3 +335,23 @@ pub fn unmount(dir: &std::path::Path) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Whether an idle pooled connection is unusable: the peer closed it, reset it, or sent bytes
+/// nobody asked for. One non-blocking peek, no data consumed.
+pub fn idle_connection_unusable(fd: std::os::fd::RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: a valid one-byte buffer; MSG_PEEK leaves the data in the socket.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        let err = io::Error::last_os_error();
+        return !matches!(err.raw_os_error(), Some(libc::EAGAIN));
+    }
+    true
+}

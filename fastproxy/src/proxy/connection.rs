@@ -8,9 +8,11 @@
 //! reaches the client, and a failure after that closes the client connection mid-body so the
 //! client never takes a truncated response for a complete one.
 
+use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddrV4;
 use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,6 +46,56 @@ pub(crate) struct WorkerCtx {
     settings: ProxySettings,
     lookup: Arc<CallerLookup>,
     local: SocketAddrV4,
+    /// Idle upstream connections of this core, per endpoint (no lock: one thread).
+    pool: RefCell<Vec<(SocketAddrV4, Vec<Idle>)>>,
+}
+
+/// An upstream connection waiting in the pool.
+struct Idle {
+    stream: TcpStream,
+    since: Instant,
+}
+
+/// How long an idle upstream connection is kept; servers close idle connections after a few
+/// seconds, and a connection they closed is only found out by the next request.
+const POOL_IDLE: Duration = Duration::from_secs(4);
+/// Idle connections kept per endpoint per core.
+const POOL_PER_ENDPOINT: usize = 32;
+
+impl WorkerCtx {
+    /// A usable idle connection to `addr`, newest first; stale ones are closed on the way.
+    fn take_idle(&self, addr: SocketAddrV4) -> Option<TcpStream> {
+        let mut pool = self.pool.borrow_mut();
+        let idle = pool.iter_mut().find(|(a, _)| *a == addr).map(|(_, v)| v)?;
+        while let Some(conn) = idle.pop() {
+            if conn.since.elapsed() < POOL_IDLE
+                && !crate::sys::idle_connection_unusable(conn.stream.as_raw_fd())
+            {
+                return Some(conn.stream);
+            }
+            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+        }
+        None
+    }
+
+    fn put_idle(&self, addr: SocketAddrV4, stream: TcpStream) {
+        let mut pool = self.pool.borrow_mut();
+        let idle = match pool.iter().position(|(a, _)| *a == addr) {
+            Some(i) => &mut pool[i].1,
+            None => {
+                pool.push((addr, Vec::new()));
+                &mut pool.last_mut().expect("just pushed").1
+            }
+        };
+        if idle.len() >= POOL_PER_ENDPOINT {
+            let oldest = idle.remove(0);
+            let _ = oldest.stream.shutdown(std::net::Shutdown::Both);
+        }
+        idle.push(Idle {
+            stream,
+            since: Instant::now(),
+        });
+    }
 }
 
 impl WorkerCtx {
@@ -56,6 +108,7 @@ impl WorkerCtx {
             settings,
             lookup,
             local,
+            pool: RefCell::new(Vec::new()),
         }
     }
 }
@@ -128,6 +181,8 @@ struct Plan {
     keep_alive: bool,
     expect_continue: bool,
     head_request: bool,
+    /// RFC 9110 9.2.2: safe to send again when a reused connection fails before answering.
+    idempotent: bool,
     endpoint: Option<GuardedEndpoint>,
     decision: Option<Decision>,
     /// Set when the request is refused before anything is forwarded.
@@ -176,13 +231,19 @@ fn stream_of(upstream: &Option<Upstream>) -> Result<&TcpStream, ProxyError> {
 enum HeadStep {
     More,
     Interim(usize),
-    Final {
-        status: u16,
-        body: BodyKind,
-        keep: bool,
-        head_len: usize,
-        close: bool,
-    },
+    Final(FinalHead),
+}
+
+/// A final response head, parsed and re-serialised into `reply`.
+#[derive(Debug, Clone, Copy)]
+struct FinalHead {
+    status: u16,
+    body: BodyKind,
+    /// The upstream connection may carry another request.
+    keep: bool,
+    head_len: usize,
+    /// The client connection closes after this response.
+    close: bool,
 }
 
 struct Connection {
@@ -192,8 +253,10 @@ struct Connection {
     ctx: Rc<WorkerCtx>,
     /// Client bytes: the current head, then whatever followed it.
     input: Vec<u8>,
-    /// Heads the proxy writes.
+    /// What goes upstream: the re-serialised head, and the body when it is buffered whole.
     out: Vec<u8>,
+    /// The response head written to the client.
+    reply: Vec<u8>,
     /// Body bytes in transit.
     relay: Vec<u8>,
     /// Upstream bytes: the response head, then whatever followed it.
@@ -212,6 +275,7 @@ pub(crate) async fn serve(client: TcpStream, peer: SocketAddrV4, ctx: Rc<WorkerC
         ctx,
         input: Vec::with_capacity(8 * 1024),
         out: Vec::with_capacity(2 * 1024),
+        reply: Vec::with_capacity(1024),
         relay: Vec::new(),
         response: Vec::with_capacity(8 * 1024),
         upstream: None,
@@ -263,7 +327,7 @@ impl Connection {
                 }
             }
         }
-        self.drop_upstream();
+        self.release_upstream();
         let _ = self.client.shutdown(std::net::Shutdown::Both);
     }
 
@@ -318,6 +382,7 @@ impl Connection {
             keep_alive: head.keep_alive,
             expect_continue: head.expect_continue,
             head_request: head.method == "HEAD",
+            idempotent: matches!(head.method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE"),
             endpoint: None,
             decision: None,
             refusal: None,
@@ -365,14 +430,48 @@ impl Connection {
             }
             _ => None,
         };
-        self.send_head(endpoint.addr).await?;
-        let consumed = match buffered_end {
-            Some(end) => end,
-            None => self.forward_request_body(plan).await?,
+        let mut retried = false;
+        let (consumed, head) = loop {
+            let reused = self.acquire_upstream(endpoint.addr).await?;
+            let up = stream_of(&self.upstream)?;
+            if let Err(source) = write_all(up, &mut self.out).await {
+                self.drop_upstream();
+                if reused && !retried {
+                    retried = true;
+                    continue;
+                }
+                return Err(ProxyError::UpstreamIo {
+                    context: "writing the request head",
+                    source,
+                }
+                .into());
+            }
+            let consumed = match buffered_end {
+                Some(end) => end,
+                None => self.forward_request_body(plan).await?,
+            };
+            match self.read_response_head(plan).await {
+                Ok(head) => break (consumed, head),
+                // A reused connection the server had already closed: nothing was answered,
+                // and the whole request is still in `out`, so an idempotent one goes again.
+                Err(ProxyError::UpstreamClosed | ProxyError::UpstreamIo { .. })
+                    if reused
+                        && !retried
+                        && plan.idempotent
+                        && buffered_end.is_some()
+                        && self.response.is_empty() =>
+                {
+                    self.drop_upstream();
+                    retried = true;
+                }
+                Err(e) => return Err(e.into()),
+            }
         };
-        let (status, keep_upstream, close) = self.relay_response(plan).await?;
+        let (status, keep_upstream, close) = self.relay_body(head).await?;
         if !keep_upstream {
             self.drop_upstream();
+        } else if close {
+            self.release_upstream();
         }
         Ok(Ending {
             status,
@@ -381,29 +480,29 @@ impl Connection {
         })
     }
 
-    /// Write the upstream head, on a kept connection when there is one to this endpoint. A
-    /// kept connection that fails on this first write has received nothing of the request,
-    /// so one fresh connection is tried.
-    async fn send_head(&mut self, addr: SocketAddrV4) -> Result<(), ProxyError> {
-        if self.upstream.as_ref().is_some_and(|u| u.addr != addr) {
-            self.drop_upstream();
+    /// Make `self.upstream` a connection to `addr`: the connection's own, else an idle one of
+    /// this core, else a new one. Returns whether it was used before (and may be stale).
+    async fn acquire_upstream(&mut self, addr: SocketAddrV4) -> Result<bool, ProxyError> {
+        if self.upstream.as_ref().is_some_and(|u| u.addr == addr) {
+            return Ok(true);
         }
-        if let Some(up) = &self.upstream {
-            if write_all(&up.stream, &mut self.out).await.is_ok() {
-                return Ok(());
-            }
-            self.drop_upstream();
+        self.release_upstream();
+        if let Some(stream) = self.ctx.take_idle(addr) {
+            self.upstream = Some(Upstream { stream, addr });
+            return Ok(true);
         }
         let settings = &self.ctx.settings;
         let stream =
             connect_marked(addr, settings.mark, settings.timeouts.upstream_connect).await?;
-        let up = self.upstream.insert(Upstream { stream, addr });
-        write_all(&up.stream, &mut self.out)
-            .await
-            .map_err(|source| ProxyError::UpstreamIo {
-                context: "writing the request head",
-                source,
-            })
+        self.upstream = Some(Upstream { stream, addr });
+        Ok(false)
+    }
+
+    /// Hand a clean upstream connection back to the core's pool.
+    fn release_upstream(&mut self) {
+        if let Some(up) = self.upstream.take() {
+            self.ctx.put_idle(up.addr, up.stream);
+        }
     }
 
     /// Forward the request body; returns where the next request starts in `input`.
@@ -474,15 +573,15 @@ impl Connection {
         }
     }
 
-    /// Read the response head, write the client's head, relay the body. Returns the status,
-    /// whether the upstream connection can be kept, and whether the client's must close.
-    async fn relay_response(&mut self, plan: &Plan) -> Result<(u16, bool, bool), Failure> {
+    /// Read the response head (interim responses are dropped) and write the client's head into
+    /// `reply`. Nothing reaches the client here.
+    async fn read_response_head(&mut self, plan: &Plan) -> Result<FinalHead, ProxyError> {
         let settings = &self.ctx.settings;
         let head_timeout = settings.timeouts.upstream_head;
         let limits = settings.limits;
         let deadline = tokio::time::Instant::now() + head_timeout;
         self.response.clear();
-        let (status, body, upstream_keep, head_len, close) = loop {
+        loop {
             let up = stream_of(&self.upstream)?;
             let n = match timeout_at(
                 deadline,
@@ -490,18 +589,17 @@ impl Connection {
             )
             .await
             {
-                Err(_) => return Err(ProxyError::UpstreamTimeout(head_timeout).into()),
+                Err(_) => return Err(ProxyError::UpstreamTimeout(head_timeout)),
                 Ok(Err(source)) => {
                     return Err(ProxyError::UpstreamIo {
                         context: "reading the response head",
                         source,
-                    }
-                    .into())
+                    })
                 }
                 Ok(Ok(n)) => n,
             };
             if n == 0 {
-                return Err(ProxyError::UpstreamClosed.into());
+                return Err(ProxyError::UpstreamClosed);
             }
             let step = match parse_response(&self.response, plan.head_request, &limits)
                 .map_err(ProxyError::from)?
@@ -511,15 +609,15 @@ impl Connection {
                 Some(head) if head.is_interim() => HeadStep::Interim(head.head_len),
                 Some(head) => {
                     let close = !plan.keep_alive || head.body == BodyKind::CloseDelimited;
-                    self.out.clear();
-                    write_client_response(&mut self.out, &head, close);
-                    HeadStep::Final {
+                    self.reply.clear();
+                    write_client_response(&mut self.reply, &head, close);
+                    HeadStep::Final(FinalHead {
                         status: head.status,
                         body: head.body,
                         keep: head.keep_alive,
                         head_len: head.head_len,
                         close,
-                    }
+                    })
                 }
             };
             match step {
@@ -527,15 +625,22 @@ impl Connection {
                 HeadStep::Interim(len) => {
                     self.response.drain(..len);
                 }
-                HeadStep::Final {
-                    status,
-                    body,
-                    keep,
-                    head_len,
-                    close,
-                } => break (status, body, keep, head_len, close),
+                HeadStep::Final(head) => return Ok(head),
             }
-        };
+        }
+    }
+
+    /// Write the client's head and relay the body. Returns the status, whether the upstream
+    /// connection can be kept, and whether the client's must close.
+    async fn relay_body(&mut self, head: FinalHead) -> Result<(u16, bool, bool), Failure> {
+        let head_timeout = self.ctx.settings.timeouts.upstream_head;
+        let FinalHead {
+            status,
+            body,
+            keep: upstream_keep,
+            head_len,
+            close,
+        } = head;
         // Fold what is already buffered of the body into the head's write (one write for a
         // small response), after checking it: a malformed chunk found here is still a 502.
         let pos = head_len;
@@ -555,8 +660,9 @@ impl Connection {
             }
             BodyKind::CloseDelimited => (buffered, 0, None, false),
         };
-        self.out.extend_from_slice(&self.response[pos..pos + take]);
-        write_all(&self.client, &mut self.out)
+        self.reply
+            .extend_from_slice(&self.response[pos..pos + take]);
+        write_all(&self.client, &mut self.reply)
             .await
             .map_err(|_| ProxyError::ClientGone("before the response head"))?;
         let answered = |error| Failure {

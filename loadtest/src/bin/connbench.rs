@@ -4,8 +4,6 @@
 //! - `connect-close`: blocking `connect()` then `close()`, back to back.
 //! - `connect-request`: connect, send one `GET PATH HTTP/1.1` with `Connection: close`, read
 //!   until the server closes, classify by status code.
-//! - `listen`: accept connections and close them at once (the peer for `connect-close`);
-//!   runs until killed.
 //!
 //! Every operation ends in one outcome: `ok` (connected; `connect-close` only), `httpNNN`
 //! (a response with status NNN; `connect-request` only), an errno category (`eperm`,
@@ -32,13 +30,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "\
-usage: connbench --mode connect-close|connect-request|listen --addr IP:PORT [options]
+usage: connbench --mode connect-close|connect-request --addr IP:PORT [options]
 
   --duration S        measured run time in seconds (default 5)
   --warmup S          unmeasured run time before it (default 0)
@@ -48,15 +45,13 @@ usage: connbench --mode connect-close|connect-request|listen --addr IP:PORT [opt
   --header 'N: V'     extra request header; repeatable
   --timeout-ms MS     read/write timeout in connect-request (default 2000)
   --expect CATEGORY   exit 1 unless every operation ended in CATEGORY
-                      (ok, httpNNN, eperm, refused, reset, ...)
-  --ready-file F      listen: create F once listening";
+                      (ok, httpNNN, eperm, refused, reset, ...)";
 
 /// What one run does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     ConnectClose,
     ConnectRequest,
-    Listen,
 }
 
 impl Mode {
@@ -64,9 +59,8 @@ impl Mode {
         match s {
             "connect-close" => Ok(Mode::ConnectClose),
             "connect-request" => Ok(Mode::ConnectRequest),
-            "listen" => Ok(Mode::Listen),
             _ => Err(format!(
-                "unknown --mode {s:?} (connect-close, connect-request or listen)"
+                "unknown --mode {s:?} (connect-close or connect-request)"
             )),
         }
     }
@@ -75,7 +69,6 @@ impl Mode {
         match self {
             Mode::ConnectClose => "connect-close",
             Mode::ConnectRequest => "connect-request",
-            Mode::Listen => "listen",
         }
     }
 }
@@ -93,7 +86,6 @@ struct Args {
     headers: Vec<(String, String)>,
     timeout: Duration,
     expect: Option<String>,
-    ready_file: Option<PathBuf>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -140,7 +132,6 @@ fn parse_args<I: IntoIterator<Item = String>>(argv: I) -> Result<Command, String
     let mut headers = Vec::new();
     let mut timeout = Duration::from_millis(2000);
     let mut expect = None;
-    let mut ready_file = None;
     while let Some(arg) = it.next() {
         if arg == "-h" || arg == "--help" {
             return Ok(Command::Help);
@@ -213,13 +204,12 @@ fn parse_args<I: IntoIterator<Item = String>>(argv: I) -> Result<Command, String
                 }
                 expect = Some(value);
             }
-            "--ready-file" => ready_file = Some(PathBuf::from(value)),
             _ => return Err(format!("unknown option {flag}")),
         }
     }
     let mode = mode.ok_or("--mode is required")?;
     let addr = addr.ok_or("--addr is required")?;
-    if mode != Mode::Listen && duration.is_zero() && max_ops.is_none() {
+    if duration.is_zero() && max_ops.is_none() {
         return Err("--duration must be positive (or give --ops)".to_owned());
     }
     Ok(Command::Run(Box::new(Args {
@@ -233,7 +223,6 @@ fn parse_args<I: IntoIterator<Item = String>>(argv: I) -> Result<Command, String
         headers,
         timeout,
         expect,
-        ready_file,
     })))
 }
 
@@ -492,7 +481,6 @@ fn bench(args: &Args) -> Tally {
     let mut op = || match args.mode {
         Mode::ConnectClose => connect_close(args.addr),
         Mode::ConnectRequest => connect_request(args.addr, &request, args.timeout, &mut buf),
-        Mode::Listen => Outcome::Io,
     };
     let warm_until = Instant::now() + args.warmup;
     while Instant::now() < warm_until {
@@ -516,25 +504,6 @@ fn bench(args: &Args) -> Tally {
     tally
 }
 
-fn listen(args: &Args) -> Result<(), String> {
-    let listener =
-        TcpListener::bind(args.addr).map_err(|e| format!("binding {}: {e}", args.addr))?;
-    if let Some(path) = &args.ready_file {
-        std::fs::write(path, format!("{}\n", std::process::id()))
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
-    }
-    loop {
-        match listener.accept() {
-            Ok((stream, _)) => drop(stream),
-            // Out of descriptors and the like: back off instead of spinning.
-            Err(e) if e.kind() != io::ErrorKind::Interrupted => {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(_) => {}
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(Command::Help) => {
@@ -547,15 +516,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.mode == Mode::Listen {
-        return match listen(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("connbench: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
     let started = Instant::now();
     let mut tally = bench(&args);
     let elapsed = started.elapsed().saturating_sub(args.warmup);
@@ -579,6 +539,7 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
 
     fn parse(args: &[&str]) -> Result<Command, String> {
         parse_args(args.iter().map(|s| (*s).to_owned()))
@@ -613,8 +574,6 @@ mod tests {
             "300",
             "--expect",
             "http403",
-            "--ready-file",
-            "/tmp/r",
         ]);
         assert_eq!(a.mode, Mode::ConnectRequest);
         assert_eq!(a.addr, "168.63.129.16:80".parse().expect("addr"));
@@ -633,7 +592,6 @@ mod tests {
         );
         assert_eq!(a.timeout, Duration::from_millis(300));
         assert_eq!(a.expect.as_deref(), Some("http403"));
-        assert_eq!(a.ready_file, Some(PathBuf::from("/tmp/r")));
     }
 
     #[test]
@@ -643,17 +601,7 @@ mod tests {
         assert_eq!((a.warmup, a.max_ops), (Duration::ZERO, None));
         assert_eq!((a.path.as_str(), a.expect.as_deref()), ("/", None));
         assert_eq!(parse(&["--help"]), Ok(Command::Help));
-        assert_eq!(parse(&["--mode", "listen", "-h"]), Ok(Command::Help));
-        // listen needs no duration.
-        let a = run_args(&[
-            "--mode",
-            "listen",
-            "--addr",
-            "127.0.0.1:0",
-            "--duration",
-            "0",
-        ]);
-        assert_eq!(a.mode, Mode::Listen);
+        assert_eq!(parse(&["--mode", "connect-close", "-h"]), Ok(Command::Help));
     }
 
     #[test]
