@@ -37,11 +37,19 @@ fn config_doc_lists_every_run_option_with_its_default() {
         "options in `run --help` vs docs/CONFIG.md"
     );
 
-    // Defaults shown by --help appear in the doc's row for that option.
+    // Defaults shown by --help appear in the doc's row for that option (clap may put an
+    // option's description and default on the lines after its name).
+    let mut current: Option<&str> = None;
     for line in help.lines() {
         let line = line.trim();
-        let (Some(opt), Some(start)) = (line.split_whitespace().next(), line.find("[default: "))
-        else {
+        if let Some(opt) = line
+            .split_whitespace()
+            .next()
+            .filter(|w| w.starts_with("--"))
+        {
+            current = Some(opt);
+        }
+        let (Some(opt), Some(start)) = (current, line.find("[default: ")) else {
             continue;
         };
         let rest = &line[start + 10..];

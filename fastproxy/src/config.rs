@@ -108,6 +108,19 @@ impl ProxySettings {
                 reason: "0 means unmarked; the proxy's own sockets need a mark".into(),
             });
         }
+        for (field, value) in [
+            ("header-timeout", self.timeouts.header),
+            ("idle-timeout", self.timeouts.idle),
+            ("upstream-connect-timeout", self.timeouts.upstream_connect),
+            ("upstream-head-timeout", self.timeouts.upstream_head),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError {
+                    field,
+                    reason: "must be at least 1 second".into(),
+                });
+            }
+        }
         for e in self.endpoints.iter() {
             if e.addr == self.listen {
                 return Err(ConfigError {

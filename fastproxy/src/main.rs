@@ -4,11 +4,13 @@ use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fastproxy::config::{
-    parse_endpoint_override, parse_mode_override, ProxySettings, DEFAULT_LISTEN, DEFAULT_MARK,
+    parse_endpoint_override, parse_mode_override, ProxySettings, Timeouts, DEFAULT_LISTEN,
+    DEFAULT_MARK,
 };
 use fastproxy::redirect::{self, RedirectSettings};
 use fastproxy::sys::{caps, has_capability};
@@ -92,6 +94,18 @@ struct RunArgs {
     /// Create this file once the programs are attached and the listeners are up.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Deadline for a complete request head, in seconds (408 after it).
+    #[arg(long, default_value_t = 10)]
+    header_timeout: u64,
+    /// Idle keep-alive time of a client connection between requests, in seconds.
+    #[arg(long, default_value_t = 15)]
+    idle_timeout: u64,
+    /// Deadline for connecting to an endpoint, in seconds (504 after it).
+    #[arg(long, default_value_t = 5)]
+    upstream_connect_timeout: u64,
+    /// Deadline for an endpoint's response head, in seconds (504 after it).
+    #[arg(long, default_value_t = 30)]
+    upstream_head_timeout: u64,
 }
 
 impl RedirectArgs {
@@ -166,6 +180,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init(args.log_format);
     let mut settings = args.redirect.settings()?;
     settings.workers = args.workers;
+    settings.timeouts = Timeouts {
+        header: Duration::from_secs(args.header_timeout),
+        idle: Duration::from_secs(args.idle_timeout),
+        upstream_connect: Duration::from_secs(args.upstream_connect_timeout),
+        upstream_head: Duration::from_secs(args.upstream_head_timeout),
+    };
+    settings.validate()?;
     check_privileges()?;
     let (redirect, lookup, action) = redirect::attach(&redirect_settings(&settings))?;
     info!(?action, pins = %settings.pin_dir.display(), "kernel programs in place");
