@@ -85,9 +85,9 @@ measure() {
   connbench --mode connect-close --addr 127.0.0.1:9000 --duration "$secs" --warmup 0.5 --expect ok
 }
 
-echo "unrelated loopback connect+close, ${secs}s per run, $rounds rounds (connbench CPU0, listener CPU1)"
-printf '%-6s %-30s %-30s %s\n' round "without: ops/s p50 p99 (us)" "with: ops/s p50 p99 (us)" with/without
-ratios=()
+echo "unrelated loopback connect+close, ${secs}s per run, $rounds rounds in ABBA order (connbench CPU0, listener CPU1)"
+printf '%-6s %-26s %-26s %s\n' round "without: ops/s p50 p99" "with: ops/s p50 p99" "with/without: ops/s p50"
+ops_ratios=(); p50_ratios=()
 for round in $(seq "$rounds"); do
   if [ $((round % 2)) = 1 ]; then order="off on"; else order="on off"; fi
   for state in $order; do
@@ -95,14 +95,27 @@ for round in $(seq "$rounds"); do
     line=$(measure)
     printf -v "res_$state" '%s %s %s' "$(field ops_per_s "$line")" "$(field p50_us "$line")" "$(field p99_us "$line")"
   done
-  ratio=$(awk -v a="${res_on%% *}" -v b="${res_off%% *}" 'BEGIN { printf "%.4f", a / b }')
-  ratios+=("$ratio")
-  # shellcheck disable=SC2154 # res_on and res_off are set by printf -v
-  printf '%-6s %-30s %-30s %s\n' "$round" "$res_off" "$res_on" "$ratio"
+  read -r on_ops on_p50 _ <<<"$res_on"
+  read -r off_ops off_p50 _ <<<"$res_off"
+  ops_ratios+=("$(awk -v a="$on_ops" -v b="$off_ops" 'BEGIN { printf "%.4f", a / b }')")
+  p50_ratios+=("$(awk -v a="$on_p50" -v b="$off_p50" 'BEGIN { printf "%.4f", a / b }')")
+  printf '%-6s %-26s %-26s %s  %s\n' "$round" "$res_off" "$res_on" "${ops_ratios[-1]}" "${p50_ratios[-1]}"
 done
-printf '%s\n' "${ratios[@]}" | awk '
-  { s += $1; ss += $1 * $1; n++ }
-  END {
-    m = s / n; v = n > 1 ? (ss - n * m * m) / (n - 1) : 0; sd = v > 0 ? sqrt(v) : 0
-    printf "mean ratio with/without: %.4f (sd %.4f over %d rounds); slowdown %.2f %% (design target: < 2 %%)\n", m, sd, n, (1 - m) * 100
-  }'
+median() {
+  printf '%s\n' "$@" | sort -n | awk '{ r[++n] = $1 } END { printf "%.4f", n % 2 ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2 }'
+}
+# stats LABEL RATIO...: mean, standard deviation and median of the per-round ratios.
+stats() {
+  local label=$1; shift
+  printf '%s\n' "$@" | awk -v label="$label" -v med="$(median "$@")" '
+    { s += $1; ss += $1 * $1; n++ }
+    END {
+      m = s / n; v = n > 1 ? (ss - n * m * m) / (n - 1) : 0; sd = v > 0 ? sqrt(v) : 0
+      printf "%-20s mean %.4f (sd %.4f), median %.4f over %d rounds\n", label, m, sd, med, n
+    }'
+}
+stats "ops/s with/without:" "${ops_ratios[@]}"
+stats "p50 with/without:" "${p50_ratios[@]}"
+awk -v ops="$(median "${ops_ratios[@]}")" -v p50="$(median "${p50_ratios[@]}")" 'BEGIN {
+  printf "slowdown (medians): %.2f %% fewer connects/s, %.2f %% longer p50 per connect (design target: < 2 %%)\n", (1 - ops) * 100, (p50 - 1) * 100
+}'

@@ -12,6 +12,7 @@ use fastproxy::config::{
     parse_endpoint_override, parse_mode_override, ProxySettings, Timeouts, DEFAULT_LISTEN,
     DEFAULT_MARK,
 };
+use fastproxy::proxy::RuntimeKind;
 use fastproxy::redirect::{self, RedirectSettings};
 use fastproxy::sys::{caps, has_capability};
 use fastproxy::telemetry::{self, LogFormat};
@@ -94,6 +95,12 @@ struct RunArgs {
     /// Create this file once the programs are attached and the listeners are up.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Runtime: auto (io_uring when the kernel allows it), io-uring, or tokio (epoll).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "io-uring", "tokio"])]
+    runtime: String,
+    /// On SIGTERM or SIGINT: seconds to let requests in flight finish before exiting.
+    #[arg(long, default_value_t = 10)]
+    shutdown_grace: u64,
     /// Deadline for a complete request head, in seconds (408 after it).
     #[arg(long, default_value_t = 10)]
     header_timeout: u64,
@@ -190,10 +197,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     check_privileges()?;
     let (redirect, lookup, action) = redirect::attach(&redirect_settings(&settings))?;
     info!(?action, pins = %settings.pin_dir.display(), "kernel programs in place");
-    let workers = fastproxy::proxy::start(&settings, Arc::new(lookup))?;
+    let runtime = match args.runtime.as_str() {
+        "io-uring" => RuntimeKind::IoUring,
+        "tokio" => RuntimeKind::Tokio,
+        _ => RuntimeKind::detect(),
+    };
+    let grace = Duration::from_secs(args.shutdown_grace);
+    let workers = fastproxy::proxy::start(&settings, Arc::new(lookup), runtime, grace)?;
     info!(
         listen = %settings.listen,
         workers = workers.len(),
+        runtime = workers.runtime().name(),
         cgroup = %redirect.cgroup().display(),
         "fastproxy ready"
     );
@@ -202,7 +216,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     wait_for_shutdown_signal()?;
-    info!("shutting down; the redirect stays pinned (connects are refused until a proxy listens)");
+    info!(grace_s = args.shutdown_grace, "shutting down: no new connections, finishing requests in flight");
+    let clean = workers.shutdown(grace);
+    info!(clean, "stopped; the redirect stays pinned (connects are refused until a proxy listens)");
     drop(redirect);
     Ok(())
 }

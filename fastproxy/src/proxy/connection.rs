@@ -8,21 +8,20 @@
 //! reaches the client, and a failure after that closes the client connection mid-body so the
 //! client never takes a truncated response for a complete one.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddrV4;
 use std::ops::Range;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
+use tokio::sync::watch;
 use tokio::time::timeout_at;
-use tokio_uring::net::TcpStream;
 use tracing::{debug, info};
 
-use super::io::{read_append, write_all, write_range};
+use super::io::{read_append, write_all, write_range, ProxyStream};
 use crate::config::ProxySettings;
 use crate::http::head::ALLOW_HEADER;
 use crate::http::rewrite::{write_client_response, write_local_response, write_upstream_request};
@@ -31,7 +30,7 @@ use crate::identity::kernel::CallerLookup;
 use crate::identity::CallerRecord;
 use crate::policy::{self, Decision};
 use crate::telemetry::{error_chain, ACCESS_TARGET};
-use crate::upstream::connect::{connect_marked, ConnectError};
+use crate::upstream::connect::ConnectError;
 use crate::upstream::GuardedEndpoint;
 
 /// Largest single read of a body.
@@ -42,17 +41,21 @@ const LINGER: Duration = Duration::from_millis(500);
 const LINGER_BYTES: usize = 256 * 1024;
 
 /// What every connection of a worker shares.
-pub(crate) struct WorkerCtx {
+pub(crate) struct WorkerCtx<S> {
     settings: ProxySettings,
     lookup: Arc<CallerLookup>,
     local: SocketAddrV4,
     /// Idle upstream connections of this core, per endpoint (no lock: one thread).
-    pool: RefCell<Vec<(SocketAddrV4, Vec<Idle>)>>,
+    pool: RefCell<Vec<(SocketAddrV4, Vec<Idle<S>>)>>,
+    /// Connections open on this core.
+    active: Cell<usize>,
+    /// Turns true when the proxy shuts down.
+    shutdown: watch::Receiver<bool>,
 }
 
 /// An upstream connection waiting in the pool.
-struct Idle {
-    stream: TcpStream,
+struct Idle<S> {
+    stream: S,
     since: Instant,
 }
 
@@ -62,9 +65,9 @@ const POOL_IDLE: Duration = Duration::from_secs(4);
 /// Idle connections kept per endpoint per core.
 const POOL_PER_ENDPOINT: usize = 32;
 
-impl WorkerCtx {
+impl<S: ProxyStream> WorkerCtx<S> {
     /// A usable idle connection to `addr`, newest first; stale ones are closed on the way.
-    fn take_idle(&self, addr: SocketAddrV4) -> Option<TcpStream> {
+    fn take_idle(&self, addr: SocketAddrV4) -> Option<S> {
         let mut pool = self.pool.borrow_mut();
         let idle = pool.iter_mut().find(|(a, _)| *a == addr).map(|(_, v)| v)?;
         while let Some(conn) = idle.pop() {
@@ -78,7 +81,7 @@ impl WorkerCtx {
         None
     }
 
-    fn put_idle(&self, addr: SocketAddrV4, stream: TcpStream) {
+    fn put_idle(&self, addr: SocketAddrV4, stream: S) {
         let mut pool = self.pool.borrow_mut();
         let idle = match pool.iter().position(|(a, _)| *a == addr) {
             Some(i) => &mut pool[i].1,
@@ -98,17 +101,29 @@ impl WorkerCtx {
     }
 }
 
-impl WorkerCtx {
+impl<S> WorkerCtx<S> {
+    /// Connections open on this core.
+    pub(crate) fn active(&self) -> &Cell<usize> {
+        &self.active
+    }
+
+    fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
     pub(crate) fn new(
         settings: ProxySettings,
         lookup: Arc<CallerLookup>,
         local: SocketAddrV4,
+        shutdown: watch::Receiver<bool>,
     ) -> Self {
         WorkerCtx {
             settings,
             lookup,
             local,
             pool: RefCell::new(Vec::new()),
+            active: Cell::new(0),
+            shutdown,
         }
     }
 }
@@ -215,12 +230,12 @@ impl From<ProxyError> for Failure {
     }
 }
 
-struct Upstream {
-    stream: TcpStream,
+struct Upstream<S> {
+    stream: S,
     addr: SocketAddrV4,
 }
 
-fn stream_of(upstream: &Option<Upstream>) -> Result<&TcpStream, ProxyError> {
+fn stream_of<S>(upstream: &Option<Upstream<S>>) -> Result<&S, ProxyError> {
     upstream
         .as_ref()
         .map(|u| &u.stream)
@@ -246,11 +261,11 @@ struct FinalHead {
     close: bool,
 }
 
-struct Connection {
-    client: TcpStream,
+struct Connection<S> {
+    client: S,
     peer: SocketAddrV4,
     caller: Option<CallerRecord>,
-    ctx: Rc<WorkerCtx>,
+    ctx: Rc<WorkerCtx<S>>,
     /// Client bytes: the current head, then whatever followed it.
     input: Vec<u8>,
     /// What goes upstream: the re-serialised head, and the body when it is buffered whole.
@@ -261,13 +276,15 @@ struct Connection {
     relay: Vec<u8>,
     /// Upstream bytes: the response head, then whatever followed it.
     response: Vec<u8>,
-    upstream: Option<Upstream>,
+    upstream: Option<Upstream<S>>,
 }
 
 /// Serve one accepted connection until it closes.
-pub(crate) async fn serve(client: TcpStream, peer: SocketAddrV4, ctx: Rc<WorkerCtx>) {
+pub(crate) async fn serve<S: ProxyStream>(client: S, peer: SocketAddrV4, ctx: Rc<WorkerCtx<S>>) {
     let _ = client.set_nodelay(true);
     let caller = ctx.lookup.lookup(&client, ctx.local, peer);
+    ctx.active.set(ctx.active.get() + 1);
+    let counted = Rc::clone(&ctx);
     let conn = Connection {
         client,
         peer,
@@ -281,9 +298,10 @@ pub(crate) async fn serve(client: TcpStream, peer: SocketAddrV4, ctx: Rc<WorkerC
         upstream: None,
     };
     conn.run().await;
+    counted.active.set(counted.active.get() - 1);
 }
 
-impl Connection {
+impl<S: ProxyStream> Connection<S> {
     async fn run(mut self) {
         let mut first = true;
         loop {
@@ -349,8 +367,22 @@ impl Connection {
                 }
             }
             let was_empty = self.input.is_empty();
+            if was_empty && !first && self.ctx.shutting_down() {
+                return Ok(None);
+            }
             let want = limit.saturating_sub(self.input.len()).max(1);
-            match timeout_at(deadline, read_append(&self.client, &mut self.input, want)).await {
+            let mut stop = self.ctx.shutdown.clone();
+            let read = async {
+                tokio::select! {
+                    r = timeout_at(deadline, read_append(&self.client, &mut self.input, want)) => Some(r),
+                    // Between requests a shutdown closes the connection at once.
+                    _ = stop.wait_for(|s| *s), if was_empty && !first => None,
+                }
+            };
+            let Some(result) = read.await else {
+                return Ok(None);
+            };
+            match result {
                 Err(_) if was_empty => return Ok(None),
                 Err(_) => return Err(ProxyError::HeaderTimeout(timeouts.header)),
                 Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
@@ -379,7 +411,8 @@ impl Connection {
             method: range(head.method),
             path: range(head.path()),
             body: head.body,
-            keep_alive: head.keep_alive,
+            // While shutting down, every response closes its connection.
+            keep_alive: head.keep_alive && !self.ctx.shutting_down(),
             expect_continue: head.expect_continue,
             head_request: head.method == "HEAD",
             idempotent: matches!(head.method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE"),
@@ -492,8 +525,7 @@ impl Connection {
             return Ok(true);
         }
         let settings = &self.ctx.settings;
-        let stream =
-            connect_marked(addr, settings.mark, settings.timeouts.upstream_connect).await?;
+        let stream = S::connect_marked(addr, settings.mark, settings.timeouts.upstream_connect).await?;
         self.upstream = Some(Upstream { stream, addr });
         Ok(false)
     }

@@ -3,16 +3,20 @@
 //!
 //! Trade-off: a connection stays on the core that accepted it for its whole life. The kernel
 //! spreads new connections across the listeners, which is enough for a proxy whose
-//! connections are short and alike.
+//! connections are short and alike. Where io_uring is disabled the same connection logic runs
+//! on a plain tokio current-thread runtime per core (`RuntimeKind::Tokio`).
 
 mod connection;
 mod io;
 
+use std::cell::Cell;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
@@ -33,10 +37,40 @@ pub enum ProxyStartError {
     Thread(#[source] std::io::Error),
 }
 
+/// Which runtime the workers run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// tokio-uring: io_uring for every socket operation.
+    IoUring,
+    /// Plain tokio (epoll), where io_uring is disabled (kernel.io_uring_disabled, RHEL's
+    /// default), with the same connection logic.
+    Tokio,
+}
+
+impl RuntimeKind {
+    /// io_uring if this process may create a ring, else tokio.
+    pub fn detect() -> RuntimeKind {
+        if io_uring::IoUring::new(2).is_ok() {
+            RuntimeKind::IoUring
+        } else {
+            RuntimeKind::Tokio
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RuntimeKind::IoUring => "io_uring",
+            RuntimeKind::Tokio => "tokio",
+        }
+    }
+}
+
 /// Running workers.
 #[derive(Debug)]
 pub struct Workers {
     handles: Vec<JoinHandle<()>>,
+    shutdown: watch::Sender<bool>,
+    runtime: RuntimeKind,
 }
 
 impl Workers {
@@ -47,13 +81,38 @@ impl Workers {
     pub fn is_empty(&self) -> bool {
         self.handles.is_empty()
     }
+
+    pub fn runtime(&self) -> RuntimeKind {
+        self.runtime
+    }
+
+    /// Stop accepting, close idle connections, let requests in flight finish within `grace`.
+    /// Returns whether every worker finished in time.
+    pub fn shutdown(self, grace: Duration) -> bool {
+        let _ = self.shutdown.send(true);
+        let deadline = Instant::now() + grace + Duration::from_millis(500);
+        let mut clean = true;
+        for handle in self.handles {
+            while !handle.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if handle.is_finished() {
+                clean &= handle.join().is_ok();
+            } else {
+                clean = false;
+            }
+        }
+        clean
+    }
 }
 
 /// Bind one listener per worker (errors surface here, before any thread starts), then start
-/// the workers.
+/// the workers on `runtime`.
 pub fn start(
     settings: &ProxySettings,
     lookup: Arc<CallerLookup>,
+    runtime: RuntimeKind,
+    grace: Duration,
 ) -> Result<Workers, ProxyStartError> {
     let workers = if settings.workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -63,17 +122,26 @@ pub fn start(
     let listeners = (0..workers)
         .map(|_| bind(settings.listen))
         .collect::<Result<Vec<_>, _>>()?;
+    let (shutdown, _) = watch::channel(false);
     let mut handles = Vec::with_capacity(workers);
     for (index, listener) in listeners.into_iter().enumerate() {
         let settings = settings.clone();
         let lookup = Arc::clone(&lookup);
+        let stop = shutdown.subscribe();
         let handle = std::thread::Builder::new()
             .name(format!("fastproxy-w{index}"))
-            .spawn(move || worker(listener, settings, lookup))
+            .spawn(move || match runtime {
+                RuntimeKind::IoUring => uring_worker(listener, settings, lookup, stop, grace),
+                RuntimeKind::Tokio => tokio_worker(listener, settings, lookup, stop, grace),
+            })
             .map_err(ProxyStartError::Thread)?;
         handles.push(handle);
     }
-    Ok(Workers { handles })
+    Ok(Workers {
+        handles,
+        shutdown,
+        runtime,
+    })
 }
 
 fn bind(addr: SocketAddrV4) -> Result<std::net::TcpListener, ProxyStartError> {
@@ -87,30 +155,102 @@ fn bind(addr: SocketAddrV4) -> Result<std::net::TcpListener, ProxyStartError> {
     Ok(socket.into())
 }
 
-fn worker(listener: std::net::TcpListener, settings: ProxySettings, lookup: Arc<CallerLookup>) {
+/// What to do after an accept error: back off when out of descriptors or memory (retrying at
+/// once would spin while nothing can change), otherwise go on.
+async fn after_accept_error(e: &std::io::Error) {
+    if matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    ) {
+        warn!(error = %e, "accept failed, backing off");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    } else {
+        debug!(error = %e, "accept failed");
+    }
+}
+
+/// After the listener is closed: wait for the connections still open to finish, up to
+/// `grace` (idle ones close at once; see `connection`).
+async fn drain(active: &Cell<usize>, grace: Duration) {
+    let deadline = tokio::time::Instant::now() + grace;
+    while active.get() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if active.get() > 0 {
+        warn!(open = active.get(), "grace period over, closing connections");
+    }
+}
+
+fn uring_worker(
+    listener: std::net::TcpListener,
+    settings: ProxySettings,
+    lookup: Arc<CallerLookup>,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
     tokio_uring::start(async move {
         let local = settings.listen;
         let listener = tokio_uring::net::TcpListener::from_std(listener);
-        let ctx = Rc::new(connection::WorkerCtx::new(settings, lookup, local));
+        let ctx = Rc::new(connection::WorkerCtx::new(settings, lookup, local, stop.clone()));
         loop {
-            match listener.accept().await {
-                Ok((stream, SocketAddr::V4(peer))) => {
-                    tokio_uring::spawn(connection::serve(stream, peer, Rc::clone(&ctx)));
-                }
-                Ok((_, peer)) => debug!(%peer, "ignoring a non-IPv4 peer"),
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-                    ) =>
-                {
-                    // Out of descriptors or memory: retrying at once would spin; let
-                    // connections finish first.
-                    warn!(error = %e, "accept failed, backing off");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => debug!(error = %e, "accept failed"),
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, SocketAddr::V4(peer))) => {
+                        tokio_uring::spawn(connection::serve(stream, peer, Rc::clone(&ctx)));
+                    }
+                    Ok((_, peer)) => debug!(%peer, "ignoring a non-IPv4 peer"),
+                    Err(e) => after_accept_error(&e).await,
+                },
+                _ = stop.wait_for(|s| *s) => break,
             }
         }
+        drop(listener);
+        drain(ctx.active(), grace).await;
+    });
+}
+
+fn tokio_worker(
+    listener: std::net::TcpListener,
+    settings: ProxySettings,
+    lookup: Arc<CallerLookup>,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            warn!(error = %e, "cannot build the worker runtime");
+            return;
+        }
+    };
+    let local_set = tokio::task::LocalSet::new();
+    local_set.block_on(&runtime, async move {
+        let local = settings.listen;
+        if let Err(e) = listener.set_nonblocking(true) {
+            warn!(error = %e, "listener");
+            return;
+        }
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "listener");
+                return;
+            }
+        };
+        let ctx = Rc::new(connection::WorkerCtx::new(settings, lookup, local, stop.clone()));
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, SocketAddr::V4(peer))) => {
+                        tokio::task::spawn_local(connection::serve(stream, peer, Rc::clone(&ctx)));
+                    }
+                    Ok((_, peer)) => debug!(%peer, "ignoring a non-IPv4 peer"),
+                    Err(e) => after_accept_error(&e).await,
+                },
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        drop(listener);
+        drain(ctx.active(), grace).await;
     });
 }

@@ -297,18 +297,22 @@ fn is_category(s: &str) -> bool {
         || s.strip_prefix("errno").is_some_and(numeric)
 }
 
-/// Outcome counts and latency samples of one run.
+/// Outcome counts, latency samples and time spent of one measured run.
 #[derive(Debug, Default)]
 struct Tally {
     outcomes: BTreeMap<Outcome, u64>,
     latencies_ns: Vec<u64>,
+    /// Wall-clock time of the measured part.
+    elapsed: Duration,
+    /// On-CPU time of the benchmark thread during the measured part, when known.
+    cpu_ns: Option<u64>,
 }
 
 impl Tally {
     fn with_capacity(n: usize) -> Self {
         Tally {
-            outcomes: BTreeMap::new(),
             latencies_ns: Vec::with_capacity(n),
+            ..Tally::default()
         }
     }
 
@@ -366,15 +370,30 @@ fn fmt_us(ns: Option<u64>) -> String {
     }
 }
 
+/// On-CPU time of the calling thread so far in ns (`/proc/thread-self/schedstat`). It
+/// includes the softirq work the kernel does in the thread's context (on loopback: most of
+/// the handshake, both sides) unless the kernel accounts IRQ time apart
+/// (CONFIG_IRQ_TIME_ACCOUNTING). Unlike the wall-clock rate it does not move when another
+/// task takes the CPU away.
+fn thread_cpu_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    stat.split_whitespace().next()?.parse().ok()
+}
+
 /// The one-line summary.
-fn summary_line(mode: Mode, tally: &mut Tally, elapsed: Duration, expect: Option<&str>) -> String {
+fn summary_line(mode: Mode, tally: &mut Tally, expect: Option<&str>) -> String {
     tally.latencies_ns.sort_unstable();
     let ops = tally.ops();
-    let secs = elapsed.as_secs_f64();
+    let secs = tally.elapsed.as_secs_f64();
     let rate = if secs > 0.0 { ops as f64 / secs } else { 0.0 };
+    let cpu = match tally.cpu_ns {
+        Some(ns) if ops > 0 => format!("{:.2}", ns as f64 / 1000.0 / ops as f64),
+        _ => "nan".to_owned(),
+    };
     let l = &tally.latencies_ns;
     format!(
-        "mode={} ops={} seconds={:.3} ops_per_s={:.1} p50_us={} p99_us={} max_us={} outcomes={}",
+        "mode={} ops={} seconds={:.3} ops_per_s={:.1} p50_us={} p99_us={} max_us={} \
+         cpu_us_per_op={} outcomes={}",
         mode.name(),
         ops,
         secs,
@@ -382,6 +401,7 @@ fn summary_line(mode: Mode, tally: &mut Tally, elapsed: Duration, expect: Option
         fmt_us(percentile(l, 50.0)),
         fmt_us(percentile(l, 99.0)),
         fmt_us(l.last().copied()),
+        cpu,
         tally.outcomes_field(expect),
     )
 }
@@ -487,7 +507,9 @@ fn bench(args: &Args) -> Tally {
         op();
     }
     let mut tally = Tally::with_capacity(1 << 20);
-    let deadline = Instant::now() + args.duration;
+    let cpu_start = thread_cpu_ns();
+    let start = Instant::now();
+    let deadline = start + args.duration;
     loop {
         let t0 = Instant::now();
         let outcome = op();
@@ -498,9 +520,13 @@ fn bench(args: &Args) -> Tally {
                 .max_ops
                 .is_some_and(|m| tally.latencies_ns.len() as u64 >= m)
         {
+            tally.elapsed = t1 - start;
             break;
         }
     }
+    tally.cpu_ns = cpu_start
+        .zip(thread_cpu_ns())
+        .map(|(a, b)| b.saturating_sub(a));
     tally
 }
 
@@ -516,12 +542,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let started = Instant::now();
     let mut tally = bench(&args);
-    let elapsed = started.elapsed().saturating_sub(args.warmup);
     println!(
         "{}",
-        summary_line(args.mode, &mut tally, elapsed, args.expect.as_deref())
+        summary_line(args.mode, &mut tally, args.expect.as_deref())
     );
     if let Some(expect) = &args.expect {
         let bad = tally.unexpected(expect);
@@ -794,23 +818,20 @@ mod tests {
         for us in [30, 10, 20, 40] {
             t.record(Outcome::Ok, Duration::from_micros(us));
         }
-        let line = summary_line(
-            Mode::ConnectClose,
-            &mut t,
-            Duration::from_secs(2),
-            Some("ok"),
-        );
+        t.elapsed = Duration::from_secs(2);
+        t.cpu_ns = Some(50_000);
+        let line = summary_line(Mode::ConnectClose, &mut t, Some("ok"));
         assert_eq!(
             line,
             "mode=connect-close ops=4 seconds=2.000 ops_per_s=2.0 p50_us=20.0 p99_us=40.0 \
-             max_us=40.0 outcomes=ok:4"
+             max_us=40.0 cpu_us_per_op=12.50 outcomes=ok:4"
         );
         let mut empty = Tally::default();
-        let line = summary_line(Mode::ConnectRequest, &mut empty, Duration::ZERO, None);
+        let line = summary_line(Mode::ConnectRequest, &mut empty, None);
         assert_eq!(
             line,
             "mode=connect-request ops=0 seconds=0.000 ops_per_s=0.0 p50_us=nan p99_us=nan \
-             max_us=nan outcomes="
+             max_us=nan cpu_us_per_op=nan outcomes="
         );
     }
 
