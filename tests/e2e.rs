@@ -380,3 +380,71 @@ fn disabled_endpoint_is_not_redirected_and_kernel_deny_refuses_in_the_kernel() {
         Some(r#"{ "isRoot": "true"}"#)
     );
 }
+
+/// Sets kernel.io_uring_disabled for the test and restores it, also on panic.
+struct IoUringDisabled(String);
+
+impl IoUringDisabled {
+    const PATH: &'static str = "/proc/sys/kernel/io_uring_disabled";
+
+    fn set(value: &str) -> Option<Self> {
+        let old = std::fs::read_to_string(Self::PATH).ok()?;
+        std::fs::write(Self::PATH, value).ok()?;
+        Some(IoUringDisabled(old.trim().to_owned()))
+    }
+}
+
+impl Drop for IoUringDisabled {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
+}
+
+#[test]
+fn io_uring_disabled_falls_back_to_tokio_with_the_same_behaviour() {
+    if !is_root() {
+        eprintln!("SKIPPED io_uring fallback: needs root");
+        return;
+    }
+    let Some(guard) = IoUringDisabled::set("2") else {
+        eprintln!("SKIPPED io_uring fallback: this kernel has no kernel.io_uring_disabled");
+        return;
+    };
+    let Some(stack) = Stack::start("e2e-nouring") else {
+        return;
+    };
+    let log = std::fs::read_to_string(stack.dir.join("proxy.log")).expect("log");
+    assert!(
+        log.contains(r#""runtime":"tokio""#),
+        "fell back to tokio: {log}"
+    );
+    let root = stack.curl(
+        None,
+        &format!("{WIRESERVER}/machine/?comp=goalstate"),
+        &[&tag_header("nu-root")],
+    );
+    assert_eq!(root.status, 200);
+    assert_eq!(root.header("x-ms-azure-host-authorization"), Some("value"));
+    let nobody = stack.curl(
+        Some(NOBODY),
+        &format!("{WIRESERVER}/machine/?comp=goalstate"),
+        &[],
+    );
+    assert_eq!(nobody.status, 403);
+    let big = stack.curl(
+        None,
+        &format!("{HOSTGA}/extensionArtifact?size=1048576"),
+        &[],
+    );
+    assert_eq!(big.body.len(), 1_048_576);
+    assert!(big
+        .body
+        .iter()
+        .enumerate()
+        .all(|(i, b)| *b == fastproxy_standin::artifact_byte(i as u64)));
+    drop(stack);
+    let original = guard.0.clone();
+    drop(guard);
+    let restored = std::fs::read_to_string(IoUringDisabled::PATH).expect("sysctl");
+    assert_eq!(restored.trim(), original, "the sysctl is restored");
+}

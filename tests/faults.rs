@@ -318,3 +318,62 @@ fn client_faults() {
     let out = f.exchange(FAULTY, &[&get("/ok", false)], true);
     assert_eq!(statuses(&out), ["200"], "{out}");
 }
+
+#[test]
+fn sigterm_finishes_requests_in_flight_and_closes_idle_connections() {
+    let Some(mut f) = Faults::start("fault-term") else {
+        return;
+    };
+    let dir = f.stack.dir.clone();
+    // One request in flight (the upstream takes a second), one idle keep-alive connection.
+    let script = format!(
+        "import socket,sys,time\n\
+         idle=socket.create_connection(('{a}',{p}),timeout=10)\n\
+         idle.sendall(b'GET /ok HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); idle.recv(4096)\n\
+         s=socket.create_connection(('{a}',{p}),timeout=10)\n\
+         s.sendall(b'GET /slow-1s HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n\
+         open('{d}/inflight','w').close()\n\
+         out=s.recv(4096).decode('latin-1')\n\
+         idle.settimeout(5); closed=idle.recv(1)==b''\n\
+         time.sleep(0.2)\n\
+         try:\n\
+         \x20   socket.create_connection(('{a}',{p}),timeout=2); after='connected'\n\
+         except ConnectionRefusedError: after='refused'\n\
+         open('{d}/client.out','w').write(out.split('\\r\\n')[0]+'|idle closed='+str(closed)+'|after='+after)\n",
+        a = FAULTY.0,
+        p = FAULTY.1,
+        d = dir.display()
+    );
+    let mut client = Command::new("python3");
+    client.args(["-c", &script]);
+    let client_pid = f.stack.sandbox.spawn(client, None).expect("client");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !dir.join("inflight").exists() {
+        assert!(Instant::now() < deadline, "client did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let status = f
+        .stack
+        .sandbox
+        .terminate(f.stack.proxy_pid, Duration::from_secs(8))
+        .expect("proxy exit status");
+    let took = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while f.stack.sandbox.exited(client_pid).is_none() {
+        assert!(Instant::now() < deadline, "client did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = std::fs::read_to_string(dir.join("client.out")).expect("client output");
+    println!("SIGTERM: proxy exited {status} after {took:?}; client: {out}");
+    assert!(status.success(), "exit 0 after SIGTERM");
+    assert!(
+        took < Duration::from_secs(4),
+        "idle connections did not hold the shutdown up"
+    );
+    assert_eq!(
+        out, "HTTP/1.1 200 OK|idle closed=True|after=refused",
+        "in-flight request finished"
+    );
+}

@@ -216,9 +216,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     wait_for_shutdown_signal()?;
-    info!(grace_s = args.shutdown_grace, "shutting down: no new connections, finishing requests in flight");
+    info!(
+        grace_s = args.shutdown_grace,
+        "shutting down: no new connections, finishing requests in flight"
+    );
     let clean = workers.shutdown(grace);
-    info!(clean, "stopped; the redirect stays pinned (connects are refused until a proxy listens)");
+    info!(
+        clean,
+        "stopped; the redirect stays pinned (connects are refused until a proxy listens)"
+    );
     drop(redirect);
     Ok(())
 }

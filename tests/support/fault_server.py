@@ -57,6 +57,8 @@ def serve(conn, n):
             return
         if path.startswith("/slow-head"):
             time.sleep(5)
+        if path.startswith("/slow-1s"):
+            time.sleep(1)
         if path.startswith("/bad-response"):
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nok")
             continue

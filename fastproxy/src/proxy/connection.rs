@@ -525,7 +525,8 @@ impl<S: ProxyStream> Connection<S> {
             return Ok(true);
         }
         let settings = &self.ctx.settings;
-        let stream = S::connect_marked(addr, settings.mark, settings.timeouts.upstream_connect).await?;
+        let stream =
+            S::connect_marked(addr, settings.mark, settings.timeouts.upstream_connect).await?;
         self.upstream = Some(Upstream { stream, addr });
         Ok(false)
     }

@@ -23,7 +23,11 @@ pub(crate) trait ProxyStream: AsRawFd + Sized + 'static {
     fn shutdown(&self, how: Shutdown) -> io::Result<()>;
     fn set_nodelay(&self, on: bool) -> io::Result<()>;
     /// Connect from a socket carrying `mark`, within `deadline`.
-    async fn connect_marked(addr: SocketAddrV4, mark: u32, deadline: Duration) -> Result<Self, ConnectError>;
+    async fn connect_marked(
+        addr: SocketAddrV4,
+        mark: u32,
+        deadline: Duration,
+    ) -> Result<Self, ConnectError>;
 }
 
 /// Make room for a read of up to `max` bytes; returns the range to read into.
@@ -64,7 +68,11 @@ impl ProxyStream for tokio_uring::net::TcpStream {
         tokio_uring::net::TcpStream::set_nodelay(self, on)
     }
 
-    async fn connect_marked(addr: SocketAddrV4, mark: u32, deadline: Duration) -> Result<Self, ConnectError> {
+    async fn connect_marked(
+        addr: SocketAddrV4,
+        mark: u32,
+        deadline: Duration,
+    ) -> Result<Self, ConnectError> {
         connect_marked(addr, mark, deadline).await
     }
 }
@@ -116,7 +124,11 @@ impl ProxyStream for tokio::net::TcpStream {
         tokio::net::TcpStream::set_nodelay(self, on)
     }
 
-    async fn connect_marked(addr: SocketAddrV4, mark: u32, deadline: Duration) -> Result<Self, ConnectError> {
+    async fn connect_marked(
+        addr: SocketAddrV4,
+        mark: u32,
+        deadline: Duration,
+    ) -> Result<Self, ConnectError> {
         let socket = Socket::new(Domain::IPV4, Type::STREAM.cloexec(), Some(Protocol::TCP))
             .map_err(ConnectError::Socket)?;
         socket.set_mark(mark).map_err(ConnectError::Socket)?;
@@ -127,7 +139,8 @@ impl ProxyStream for tokio::net::TcpStream {
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
             Err(source) => return Err(ConnectError::Refused { addr, source }),
         }
-        let stream = tokio::net::TcpStream::from_std(socket.into()).map_err(ConnectError::Socket)?;
+        let stream =
+            tokio::net::TcpStream::from_std(socket.into()).map_err(ConnectError::Socket)?;
         match tokio::time::timeout(deadline, stream.writable()).await {
             Err(_) => {
                 let _ = socket2::SockRef::from(&stream).shutdown(Shutdown::Both);
@@ -143,12 +156,20 @@ impl ProxyStream for tokio::net::TcpStream {
 }
 
 /// Read at most `max` bytes, appended to `buf`.
-pub(crate) async fn read_append<S: ProxyStream>(stream: &S, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+pub(crate) async fn read_append<S: ProxyStream>(
+    stream: &S,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<usize> {
     stream.read_append(buf, max).await
 }
 
 /// Write `buf[range]` completely.
-pub(crate) async fn write_range<S: ProxyStream>(stream: &S, buf: &mut Vec<u8>, range: Range<usize>) -> io::Result<()> {
+pub(crate) async fn write_range<S: ProxyStream>(
+    stream: &S,
+    buf: &mut Vec<u8>,
+    range: Range<usize>,
+) -> io::Result<()> {
     stream.write_range(buf, range).await
 }
 

@@ -177,7 +177,10 @@ async fn drain(active: &Cell<usize>, grace: Duration) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     if active.get() > 0 {
-        warn!(open = active.get(), "grace period over, closing connections");
+        warn!(
+            open = active.get(),
+            "grace period over, closing connections"
+        );
     }
 }
 
@@ -191,7 +194,12 @@ fn uring_worker(
     tokio_uring::start(async move {
         let local = settings.listen;
         let listener = tokio_uring::net::TcpListener::from_std(listener);
-        let ctx = Rc::new(connection::WorkerCtx::new(settings, lookup, local, stop.clone()));
+        let ctx = Rc::new(connection::WorkerCtx::new(
+            settings,
+            lookup,
+            local,
+            stop.clone(),
+        ));
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -216,7 +224,10 @@ fn tokio_worker(
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             warn!(error = %e, "cannot build the worker runtime");
@@ -237,7 +248,12 @@ fn tokio_worker(
                 return;
             }
         };
-        let ctx = Rc::new(connection::WorkerCtx::new(settings, lookup, local, stop.clone()));
+        let ctx = Rc::new(connection::WorkerCtx::new(
+            settings,
+            lookup,
+            local,
+            stop.clone(),
+        ));
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {

@@ -11,12 +11,14 @@
 //! before a status line) or `protocol` (not an HTTP status line). The summary is one line:
 //!
 //! ```text
-//! mode=connect-close ops=123 seconds=2.000 ops_per_s=61.5 p50_us=12.3 p99_us=40.1 max_us=90.2 outcomes=ok:123
+//! mode=connect-close ops=123 seconds=2.000 ops_per_s=61.5 p50_us=12.3 p99_us=40.1 max_us=90.2 cpu_us_per_op=11.80 outcomes=ok:123
 //! ```
 //!
 //! Latency runs from before `socket()` to after `close()` and covers every operation,
 //! whatever its outcome (in a benchmark run there is normally a single one). Percentiles are
-//! exact (nearest rank over all samples). With `--expect CATEGORY` the exit status is 1 when
+//! exact (nearest rank over all samples). `cpu_us_per_op` is the benchmark thread's on-CPU
+//! time per operation (see [`thread_cpu_ns`]): unlike `ops_per_s` it stays put when other
+//! tasks share the CPU. With `--expect CATEGORY` the exit status is 1 when
 //! any operation ended otherwise (a sanity check that the run measured what it meant to, never
 //! a check of durations); the expected category is always printed, with 0 if it never occurred.
 //!
@@ -833,6 +835,13 @@ mod tests {
             "mode=connect-request ops=0 seconds=0.000 ops_per_s=0.0 p50_us=nan p99_us=nan \
              max_us=nan cpu_us_per_op=nan outcomes="
         );
+    }
+
+    #[test]
+    fn thread_cpu_time_is_read() {
+        let a = thread_cpu_ns().expect("/proc/thread-self/schedstat");
+        let b = thread_cpu_ns().expect("/proc/thread-self/schedstat");
+        assert!(b >= a);
     }
 
     #[test]
