@@ -86,20 +86,24 @@ measure() {
 }
 
 echo "unrelated loopback connect+close, ${secs}s per run, $rounds rounds in ABBA order (connbench CPU0, listener CPU1)"
-printf '%-6s %-26s %-26s %s\n' round "without: ops/s p50 p99" "with: ops/s p50 p99" "with/without: ops/s p50"
-ops_ratios=(); p50_ratios=()
+echo "per state: ops/s, p50 and p99 latency (us), on-CPU time per connect (us); ratios with/without"
+printf '%-5s | %-32s | %-32s | %s\n' round "without: ops/s p50 p99 cpu" "with: ops/s p50 p99 cpu" "ops/s  p50    cpu"
+ops_ratios=(); p50_ratios=(); cpu_ratios=()
 for round in $(seq "$rounds"); do
   if [ $((round % 2)) = 1 ]; then order="off on"; else order="on off"; fi
   for state in $order; do
     set_programs "$state"
     line=$(measure)
-    printf -v "res_$state" '%s %s %s' "$(field ops_per_s "$line")" "$(field p50_us "$line")" "$(field p99_us "$line")"
+    printf -v "res_$state" '%s %s %s %s' "$(field ops_per_s "$line")" "$(field p50_us "$line")" \
+      "$(field p99_us "$line")" "$(field cpu_us_per_op "$line")"
   done
-  read -r on_ops on_p50 _ <<<"$res_on"
-  read -r off_ops off_p50 _ <<<"$res_off"
+  read -r on_ops on_p50 _ on_cpu <<<"$res_on"
+  read -r off_ops off_p50 _ off_cpu <<<"$res_off"
   ops_ratios+=("$(awk -v a="$on_ops" -v b="$off_ops" 'BEGIN { printf "%.4f", a / b }')")
   p50_ratios+=("$(awk -v a="$on_p50" -v b="$off_p50" 'BEGIN { printf "%.4f", a / b }')")
-  printf '%-6s %-26s %-26s %s  %s\n' "$round" "$res_off" "$res_on" "${ops_ratios[-1]}" "${p50_ratios[-1]}"
+  cpu_ratios+=("$(awk -v a="$on_cpu" -v b="$off_cpu" 'BEGIN { printf "%.4f", a / b }')")
+  printf '%-5s | %-32s | %-32s | %s %s %s\n' "$round" "$res_off" "$res_on" \
+    "${ops_ratios[-1]}" "${p50_ratios[-1]}" "${cpu_ratios[-1]}"
 done
 median() {
   printf '%s\n' "$@" | sort -n | awk '{ r[++n] = $1 } END { printf "%.4f", n % 2 ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2 }'
@@ -111,11 +115,13 @@ stats() {
     { s += $1; ss += $1 * $1; n++ }
     END {
       m = s / n; v = n > 1 ? (ss - n * m * m) / (n - 1) : 0; sd = v > 0 ? sqrt(v) : 0
-      printf "%-20s mean %.4f (sd %.4f), median %.4f over %d rounds\n", label, m, sd, med, n
+      printf "%-26s mean %.4f (sd %.4f), median %.4f over %d rounds\n", label, m, sd, med, n
     }'
 }
 stats "ops/s with/without:" "${ops_ratios[@]}"
 stats "p50 with/without:" "${p50_ratios[@]}"
-awk -v ops="$(median "${ops_ratios[@]}")" -v p50="$(median "${p50_ratios[@]}")" 'BEGIN {
-  printf "slowdown (medians): %.2f %% fewer connects/s, %.2f %% longer p50 per connect (design target: < 2 %%)\n", (1 - ops) * 100, (p50 - 1) * 100
+stats "cpu/connect with/without:" "${cpu_ratios[@]}"
+awk -v ops="$(stats x "${ops_ratios[@]}" | awk '{ print $3 }')" \
+    -v p50="$(median "${p50_ratios[@]}")" -v cpu="$(median "${cpu_ratios[@]}")" 'BEGIN {
+  printf "slowdown with the programs: %.2f %% (mean ops/s ratio); medians: p50 %+.2f %%, cpu per connect %+.2f %% (design target: < 2 %%)\n", (1 - ops) * 100, (p50 - 1) * 100, (cpu - 1) * 100
 }'

@@ -185,6 +185,8 @@ fn malformed_head_gets_400_and_is_never_forwarded() {
         (b"GET /?comp=versions HTTP/1.1\nHost: a\n\n", "400"),
         (b"TRACE / HTTP/1.1\r\nHost: a\r\n\r\n", "405"),
         (b"GET //machine HTTP/1.1\r\nHost: a\r\n\r\n", "403"),
+        (b"GET /?comp=versions HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n", "400"),
+        (b"GET /?comp=versions HTTP/1.1\r\nHost: 168.63.129.16:32526\r\n\r\n", "400"),
         (b"GET /?comp=versions HTTP/1.1\r\nHost: a\r\n\r\nGARBAGE\r\n\r\n", "200"),
     ];
     for (payload, want) in cases {

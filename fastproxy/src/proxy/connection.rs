@@ -430,6 +430,12 @@ impl<S: ProxyStream> Connection<S> {
             return Ok(Some(plan));
         };
         plan.endpoint = Some(endpoint);
+        if head
+            .field("host")
+            .is_some_and(|host| settings.endpoints.host_names_another(host, &endpoint))
+        {
+            return Err(HttpError::Malformed("Host names another endpoint").into());
+        }
         let decision = policy::evaluate(&caller, &endpoint);
         plan.decision = Some(decision);
         if let Decision::Deny(reason) = decision {

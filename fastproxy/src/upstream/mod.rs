@@ -165,11 +165,58 @@ impl EndpointTable {
     pub fn iter(&self) -> impl Iterator<Item = &GuardedEndpoint> {
         self.endpoints.iter()
     }
+
+    /// Whether a Host header value names a guarded endpoint other than `destination` (the
+    /// kernel-recorded one): a request that says one endpoint and goes to another is refused.
+    /// Hosts that name no guarded endpoint (names, other addresses) are no conflict.
+    pub fn host_names_another(&self, host: &[u8], destination: &GuardedEndpoint) -> bool {
+        let Ok(host) = std::str::from_utf8(host) else {
+            return false;
+        };
+        let (ip, port) = match host.rsplit_once(':') {
+            Some((ip, port)) => match port.parse::<u16>() {
+                Ok(port) => (ip, port),
+                Err(_) => return true,
+            },
+            None => (host, 80),
+        };
+        let Ok(ip) = ip.parse::<Ipv4Addr>() else {
+            return false;
+        };
+        let named = SocketAddrV4::new(ip, port);
+        named != destination.addr && self.endpoints.iter().any(|e| e.addr == named)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_naming_another_endpoint_is_a_conflict() {
+        let t = EndpointTable::azure();
+        let ws = t.by_kind(EndpointKind::WireServer).expect("ws");
+        let ga = t.by_kind(EndpointKind::HostGaPlugin).expect("ga");
+        let cases: &[(&str, &GuardedEndpoint, bool)] = &[
+            ("168.63.129.16", &ws, false),
+            ("168.63.129.16:80", &ws, false),
+            ("168.63.129.16:32526", &ws, true),
+            ("169.254.169.254", &ws, true),
+            ("168.63.129.16:32526", &ga, false),
+            ("168.63.129.16", &ga, true),
+            ("metadata.azure.internal", &ws, false),
+            ("10.0.0.4:8080", &ws, false),
+            ("168.63.129.16:notaport", &ws, true),
+        ];
+        for (host, dst, conflict) in cases {
+            assert_eq!(
+                t.host_names_another(host.as_bytes(), dst),
+                *conflict,
+                "{host} -> {}",
+                dst.kind
+            );
+        }
+    }
 
     #[test]
     fn routes_by_exact_address_and_port() {
