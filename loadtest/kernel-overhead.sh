@@ -8,13 +8,15 @@
 # Runs as root in a private network namespace and a child cgroup (never the root cgroup), with
 # its own bpf file system for the pins; everything is removed again on exit. connbench runs on
 # CPU0, the listener (a python accept-and-close loop, backlog 4096) on CPU1; both are in the
-# cgroup, as every socket is when fastproxy attaches at the cgroup-v2 root. In the namespace,
+# cgroup, as every socket is when fastproxy attaches at the cgroup-v2 root (LISTENER=outside
+# keeps the listener out of it, so only the client side's programs run). In the namespace,
 # TIME_WAIT is off (tcp_max_tw_buckets=0) and the port range wide, so tens of thousands of
 # connects per second neither run out of ports nor hit a stale TIME_WAIT.
-#   usage: loadtest/kernel-overhead.sh [SECONDS_PER_RUN] [ROUNDS]
+#   usage: [LISTENER=inside|outside] loadtest/kernel-overhead.sh [SECONDS_PER_RUN] [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-secs=${1:-5}; rounds=${2:-4}
+secs=${1:-5}; rounds=${2:-6}; listener_cg=${LISTENER:-inside}
+case $listener_cg in inside|outside) ;; *) echo "kernel-overhead.sh: LISTENER must be inside or outside" >&2; exit 1 ;; esac
 [ "$(id -u)" = 0 ] || { echo "kernel-overhead.sh: needs root" >&2; exit 1; }
 cargo build -q --release -p fastproxy -p fastproxy-loadtest
 bin=${CARGO_TARGET_DIR:-$PWD/target}/release
@@ -46,9 +48,10 @@ mkdir "$bpffs"; mount -t bpf bpf "$bpffs"; mounted=1
 in_ns=(nsenter "--net=/run/netns/$ns")
 # Runs a command as a member of the child cgroup (the shell joins it, then execs).
 in_cg=(sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$cg")
+if [ "$listener_cg" = inside ]; then listener_in_cg=("${in_cg[@]}"); else listener_in_cg=(); fi
 "${in_ns[@]}" sysctl -q -w net.ipv4.tcp_max_tw_buckets=0 net.ipv4.ip_local_port_range="1024 65535"
 
-"${in_cg[@]}" "${in_ns[@]}" taskset -c 1 python3 -c '
+"${listener_in_cg[@]}" "${in_ns[@]}" taskset -c 1 python3 -c '
 import socket, sys
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -85,7 +88,7 @@ measure() {
   connbench --mode connect-close --addr 127.0.0.1:9000 --duration "$secs" --warmup 0.5 --expect ok
 }
 
-echo "unrelated loopback connect+close, ${secs}s per run, $rounds rounds in ABBA order (connbench CPU0, listener CPU1)"
+echo "unrelated loopback connect+close, ${secs}s per run, $rounds rounds in ABBA order (connbench CPU0, listener CPU1, listener $listener_cg the cgroup)"
 echo "per state: ops/s, p50 and p99 latency (us), on-CPU time per connect (us); ratios with/without"
 printf '%-5s | %-32s | %-32s | %s\n' round "without: ops/s p50 p99 cpu" "with: ops/s p50 p99 cpu" "ops/s  p50    cpu"
 ops_ratios=(); p50_ratios=(); cpu_ratios=()

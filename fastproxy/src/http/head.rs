@@ -397,6 +397,13 @@ pub(crate) fn message_facts(
                     close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     keep_alive_token = true;
+                } else if [&b"host"[..], b"content-length", b"transfer-encoding"]
+                    .iter()
+                    .any(|f| token.eq_ignore_ascii_case(f))
+                {
+                    // A hop-by-hop option naming a field every recipient needs would make the
+                    // proxy strip the message's own framing or routing.
+                    return Err(err("Connection names a framing or routing field"));
                 }
             }
         }
@@ -487,6 +494,8 @@ mod tests {
             ("GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n", 400),
             ("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n", 400),
             ("GET / HTTP/1.1\r\nHost: a\r\nExpect: something\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nConnection: host\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nConnection: Content-Length\r\n\r\nx", 400),
             ("CONNECT a:80 HTTP/1.1\r\nHost: a\r\n\r\n", 405),
             ("TRACE / HTTP/1.1\r\nHost: a\r\n\r\n", 405),
             ("GET http://168.63.129.16/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),

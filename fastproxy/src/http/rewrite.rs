@@ -208,4 +208,117 @@ mod tests {
         assert!(text.contains("\r\nConnection: close\r\n"));
         assert!(text.ends_with("\r\n\r\nno\n"));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn token() -> impl Strategy<Value = String> {
+            "[A-Za-z][A-Za-z0-9-]{0,12}"
+        }
+
+        fn value() -> impl Strategy<Value = String> {
+            "[!-~]([ !-~]{0,20}[!-~])?"
+        }
+
+        /// A valid request head: method, target, arbitrary extra fields (some hop-by-hop, some
+        /// forged proxy fields, some named by Connection), and one framing.
+        fn request() -> impl Strategy<Value = (String, Vec<(String, String)>)> {
+            let method = prop::sample::select(vec![
+                "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH",
+            ]);
+            let target = "/([a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,3})?(\\?[a-z]{1,5}=[a-z0-9]{0,6}){0,1}";
+            let special = prop::sample::select(vec![
+                "Keep-Alive",
+                "TE",
+                "Trailer",
+                "Upgrade-Insecure-Requests",
+                "x-ms-azure-host-claims",
+                "X-MS-AZURE-HOST-AUTHORIZATION",
+                "x-ms-azure-host-date",
+                "Proxy-Authorization",
+            ]);
+            let field = prop_oneof![
+                (token(), value()),
+                (special.prop_map(str::to_owned), value()),
+            ];
+            let framing = prop::sample::select(vec!["none", "length", "chunked"]);
+            (
+                method,
+                target,
+                prop::collection::vec(field, 0..12),
+                framing,
+                any::<bool>(),
+            )
+                .prop_map(|(method, target, mut fields, framing, connection)| {
+                    fields.retain(|(n, _)| {
+                        ![
+                            "host",
+                            "content-length",
+                            "transfer-encoding",
+                            "connection",
+                            "upgrade",
+                            "expect",
+                        ]
+                        .contains(&n.to_ascii_lowercase().as_str())
+                    });
+                    fields.insert(0, ("Host".into(), "168.63.129.16".into()));
+                    match framing {
+                        "length" => fields.push(("Content-Length".into(), "3".into())),
+                        "chunked" => fields.push(("Transfer-Encoding".into(), "chunked".into())),
+                        _ => {}
+                    }
+                    if connection {
+                        // Connection may name any end-to-end field but the framing and routing
+                        // ones (those are refused; see the strict-rules table).
+                        let named = fields
+                            .iter()
+                            .rev()
+                            .map(|(n, _)| n.clone())
+                            .find(|n| {
+                                !["host", "content-length", "transfer-encoding"]
+                                    .contains(&n.to_ascii_lowercase().as_str())
+                            })
+                            .unwrap_or_else(|| "x-none".into());
+                        fields.push(("Connection".into(), format!("keep-alive, {named}")));
+                    }
+                    (format!("{method} {target}"), fields)
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn reserialised_heads_keep_their_meaning((line, fields) in request()) {
+                let mut raw = format!("{line} HTTP/1.1\r\n");
+                for (n, v) in &fields {
+                    raw.push_str(&format!("{n}: {v}\r\n"));
+                }
+                raw.push_str("\r\n");
+                let limits = Limits::default();
+                let head = parse_request(raw.as_bytes(), &limits).expect("valid").expect("complete");
+                let mut out = Vec::new();
+                let claims: &[u8] = b"{ \"isRoot\": \"false\"}";
+                write_upstream_request(&mut out, &head, &[("x-ms-azure-host-claims", claims)]);
+                let again = parse_request(&out, &limits).expect("re-serialised head parses").expect("complete");
+
+                prop_assert_eq!(again.method, head.method);
+                prop_assert_eq!(again.target, head.target);
+                prop_assert_eq!(again.body, head.body);
+                // Exactly one proxy field, the proxy's own.
+                let proxy: Vec<_> = again.fields.iter().filter(|f| starts_with_ignore_case(f.name, PROXY_FIELD_PREFIX)).collect();
+                prop_assert_eq!(proxy.len(), 1);
+                prop_assert_eq!(proxy[0].value, claims);
+                // Every end-to-end field survives, in order; nothing hop-by-hop does.
+                let expected: Vec<_> = forwarded_request_fields(&head).map(|f| (f.name, f.value)).collect();
+                let got: Vec<_> = again
+                    .fields
+                    .iter()
+                    .filter(|f| !starts_with_ignore_case(f.name, PROXY_FIELD_PREFIX) && !f.name.eq_ignore_ascii_case("transfer-encoding"))
+                    .map(|f| (f.name, f.value))
+                    .collect();
+                prop_assert_eq!(got, expected);
+                prop_assert!(again.fields.iter().all(|f| !is_hop_by_hop(f.name) || f.name.eq_ignore_ascii_case("transfer-encoding")));
+            }
+        }
+    }
 }
