@@ -415,7 +415,7 @@ fn io_uring_disabled_falls_back_to_tokio_with_the_same_behaviour() {
     let Some(stack) = Stack::start("e2e-nouring") else {
         return;
     };
-    let log = std::fs::read_to_string(stack.dir.join("proxy.log")).expect("log");
+    let log = log_with(&stack.dir.join("proxy.log"), r#""runtime":"#);
     assert!(
         log.contains(r#""runtime":"tokio""#),
         "fell back to tokio: {log}"

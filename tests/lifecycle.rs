@@ -137,7 +137,7 @@ fn killed_proxy_fails_closed_and_restart_resumes_within_a_second() {
         resumed < 1.0,
         "service resumed {resumed:.3} s after the restart"
     );
-    let log2 = std::fs::read_to_string(stack.dir.join("proxy2.log")).expect("log");
+    let log2 = log_with(&stack.dir.join("proxy2.log"), "Replaced");
     assert!(
         log2.contains("Replaced"),
         "the restarted proxy adopted the pinned links: {log2}"

@@ -184,7 +184,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    telemetry::init(args.log_format);
+    let _log = telemetry::init(args.log_format);
     let mut settings = args.redirect.settings()?;
     settings.workers = args.workers;
     settings.timeouts = Timeouts {

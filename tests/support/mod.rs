@@ -68,9 +68,19 @@ impl Stack {
             .collect()
     }
 
-    /// The proxy's access-log events (JSON lines with the access target).
+    /// The proxy's access-log events (JSON lines with the access target). The proxy writes
+    /// its log from a background thread, so this waits until the file stops growing.
     pub fn access_log(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(self.dir.join("proxy.log")).expect("proxy log");
+        let path = self.dir.join("proxy.log");
+        let mut text = std::fs::read_to_string(&path).expect("proxy log");
+        for _ in 0..40 {
+            std::thread::sleep(std::time::Duration::from_millis(25));
+            let again = std::fs::read_to_string(&path).expect("proxy log");
+            if again == text {
+                break;
+            }
+            text = again;
+        }
         text.lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .filter(|v| v["target"] == "fastproxy::access")
@@ -123,4 +133,17 @@ pub fn raw_exchange_script(addr: (&str, u16), payload: &[u8]) -> String {
          sys.stdout.write(out.decode('latin-1'))\n",
         addr.0, addr.1
     )
+}
+
+/// The text of a log file once it contains `needle` (the proxy writes its log from a
+/// background thread), or whatever it holds after 3 s.
+pub fn log_with(path: &Path, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) || std::time::Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

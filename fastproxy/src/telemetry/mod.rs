@@ -27,12 +27,21 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
-/// Install the global subscriber. `RUST_LOG` overrides the default level (info).
-pub fn init(format: LogFormat) {
+/// Keeps the log writer thread running; dropping it flushes what is queued.
+pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
+
+/// Install the global subscriber. `RUST_LOG` overrides the default level (info). Lines are
+/// formatted on the worker threads but written by a background thread, so no request waits
+/// on a write(2) to stderr; the queue is not lossy (a full queue slows logging down rather
+/// than dropping access-log lines).
+pub fn init(format: LogFormat) -> LogGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder
@@ -41,6 +50,7 @@ pub fn init(format: LogFormat) {
             .with_current_span(false)
             .try_init(),
     };
+    guard
 }
 
 /// An error and all its causes, `outer: cause: root cause`, for the log (clients get a short
