@@ -9,17 +9,20 @@ secs=${1:-3}; rounds=${2:-2}
 cargo build -q --release -p fastproxy -p fastproxy-loadtest
 bin=$PWD/target/release
 ns=fastproxy-bench-$$; cg="$(awk '$9=="cgroup2"{print $5; exit}' /proc/self/mountinfo)/$ns"
+bpffs=$(mktemp -d /tmp/fastproxy-compare.XXXXXX)
 cleanup() {
   [ -n "${proxy:-}" ] && kill "$proxy" 2>/dev/null; [ -n "${standin:-}" ] && kill "$standin" 2>/dev/null
   wait 2>/dev/null || true; rmdir "$cg" 2>/dev/null || true; ip netns del "$ns" 2>/dev/null || true
+  umount "$bpffs" 2>/dev/null || true; rmdir "$bpffs" 2>/dev/null || true
 }
 trap cleanup EXIT
 ip netns add "$ns"; ip -n "$ns" link set lo up
 ip -n "$ns" addr add 168.63.129.16/32 dev lo; ip -n "$ns" addr add 169.254.169.254/32 dev lo
 mkdir "$cg"
+mount -t bpf bpf "$bpffs"
 in_ns="nsenter --net=/run/netns/$ns"
 $in_ns taskset -c 1 "$bin/fastproxy" standin >/dev/null 2>&1 & standin=$!
-sh -c "echo \$\$ > $cg/cgroup.procs; exec $in_ns taskset -c 0 $bin/fastproxy run --cgroup $cg --workers 1" 2>/dev/null & proxy=$!
+sh -c "echo \$\$ > $cg/cgroup.procs; exec $in_ns taskset -c 0 $bin/fastproxy run --cgroup $cg --bpffs-dir $bpffs/fastproxy --workers 1" 2>/dev/null & proxy=$!
 sleep 1
 url=http://168.63.129.16/?comp=versions
 for round in $(seq "$rounds"); do

@@ -9,7 +9,7 @@
 # Runs as root in a private network namespace with the platform addresses on its loopback, the
 # stand-in endpoints, a child cgroup (never the root cgroup) and its own bpf file system for the
 # pins; everything is removed again on exit. The proxy (`run --workers 1`) is alone on CPU0, the
-# client and the stand-in on CPU1 (DESIGN.md section 6). Between configurations the proxy is
+# client and the stand-in on CPU1 (as in compare.sh). Between configurations the proxy is
 # stopped and `fastproxy detach` removes its pins, so every `run` attaches fresh.
 #   usage: loadtest/fastpath.sh [SECONDS_PER_RUN] [ROUNDS]
 set -euo pipefail

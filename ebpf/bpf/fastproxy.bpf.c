@@ -299,7 +299,9 @@ static __always_inline void adopt_record(struct bpf_sock_ops *skops)
 	__u32 local_port = skops->local_port;
 	__u32 remote_port = skops->remote_port;
 
-	if (!sk)
+	/* Only the proxy's own accepted connections carry a record; skip the lookups for every
+	 * other server in the cgroup. */
+	if (!sk || local_ip != fp_proxy_addr || local_port != fp_proxy_port)
 		return;
 	key.client_addr = remote_ip;
 	key.client_port = bpf_ntohs((__u16)(remote_port >> 16));
