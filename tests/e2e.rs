@@ -256,6 +256,16 @@ fn keep_alive_pipelining_and_bodies_are_relayed() {
         .iter()
         .enumerate()
         .all(|(i, b)| *b == fastproxy_standin::artifact_byte(i as u64)));
+    // Above the splice threshold the body moved by io_uring splice, not through user space.
+    let log = stack.access_log();
+    let artifact = log
+        .iter()
+        .find(|e| e["path"] == "/extensionArtifact")
+        .expect("access-log entry");
+    assert!(
+        artifact["spliced_bytes"].as_u64().unwrap_or(0) > 2_000_000,
+        "{artifact}"
+    );
 }
 
 #[test]

@@ -66,7 +66,13 @@ pub struct ProxySettings {
     /// Refuse non-root callers of root-only endpoints in enforce mode in the kernel (EPERM)
     /// instead of in the proxy (403).
     pub kernel_deny: bool,
+    /// Response bodies with at least this many bytes still to relay are spliced (io_uring
+    /// runtime only); 0 = always copy.
+    pub splice_threshold: u64,
 }
+
+/// Default splice threshold, chosen by measurement (docs/BENCHMARKS.md).
+pub const DEFAULT_SPLICE_THRESHOLD: u64 = 256 * 1024;
 
 impl Default for ProxySettings {
     fn default() -> Self {
@@ -81,6 +87,7 @@ impl Default for ProxySettings {
             foreign_netns_pass: false,
             pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
             kernel_deny: false,
+            splice_threshold: DEFAULT_SPLICE_THRESHOLD,
         }
     }
 }

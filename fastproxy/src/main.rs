@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fastproxy::config::{
     parse_endpoint_override, parse_mode_override, ProxySettings, Timeouts, DEFAULT_LISTEN,
-    DEFAULT_MARK,
+    DEFAULT_MARK, DEFAULT_SPLICE_THRESHOLD,
 };
 use fastproxy::proxy::RuntimeKind;
 use fastproxy::redirect::{self, RedirectSettings};
@@ -98,6 +98,10 @@ struct RunArgs {
     /// Runtime: auto (io_uring when the kernel allows it), io-uring, or tokio (epoll).
     #[arg(long, default_value = "auto", value_parser = ["auto", "io-uring", "tokio"])]
     runtime: String,
+    /// Splice response bodies with at least this many bytes left to relay (io_uring only);
+    /// 0 = always copy.
+    #[arg(long, default_value_t = DEFAULT_SPLICE_THRESHOLD)]
+    splice_threshold: u64,
     /// On SIGTERM or SIGINT: seconds to let requests in flight finish before exiting.
     #[arg(long, default_value_t = 10)]
     shutdown_grace: u64,
@@ -187,6 +191,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let _log = telemetry::init(args.log_format);
     let mut settings = args.redirect.settings()?;
     settings.workers = args.workers;
+    settings.splice_threshold = args.splice_threshold;
     settings.timeouts = Timeouts {
         header: Duration::from_secs(args.header_timeout),
         idle: Duration::from_secs(args.idle_timeout),

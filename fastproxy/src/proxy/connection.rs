@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio::time::timeout_at;
 use tracing::{debug, info};
 
-use super::io::{read_append, write_all, write_range, ProxyStream};
+use super::io::{read_append, write_all, write_range, ProxyStream, SpliceError};
 use crate::config::ProxySettings;
 use crate::http::head::ALLOW_HEADER;
 use crate::http::rewrite::{write_client_response, write_local_response, write_upstream_request};
@@ -277,6 +277,10 @@ struct Connection<S> {
     /// Upstream bytes: the response head, then whatever followed it.
     response: Vec<u8>,
     upstream: Option<Upstream<S>>,
+    /// The pipe of large-body splices, made on first use.
+    pipe: Option<Rc<crate::sys::Pipe>>,
+    /// Body bytes of the current exchange moved by splice (for the access log).
+    spliced: u64,
 }
 
 /// Serve one accepted connection until it closes.
@@ -296,6 +300,8 @@ pub(crate) async fn serve<S: ProxyStream>(client: S, peer: SocketAddrV4, ctx: Rc
         relay: Vec::new(),
         response: Vec::with_capacity(8 * 1024),
         upstream: None,
+        pipe: None,
+        spliced: 0,
     };
     conn.run().await;
     counted.active.set(counted.active.get() - 1);
@@ -453,6 +459,7 @@ impl<S: ProxyStream> Connection<S> {
     }
 
     async fn exchange(&mut self, plan: &Plan) -> Result<Ending, Failure> {
+        self.spliced = 0;
         let endpoint = plan.endpoint.ok_or(ProxyError::Denied("no endpoint"))?;
         if plan.expect_continue {
             let mut cont = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
@@ -710,6 +717,13 @@ impl<S: ProxyStream> Connection<S> {
         };
         match (body, decoder.as_mut()) {
             (BodyKind::Length(_), _) => {
+                let threshold = self.ctx.settings.splice_threshold;
+                if threshold > 0 && remaining >= threshold {
+                    remaining = self
+                        .splice_body(remaining, head_timeout)
+                        .await
+                        .map_err(answered)?;
+                }
                 while remaining > 0 {
                     let want = remaining.min(RELAY_CHUNK as u64) as usize;
                     let n = self
@@ -752,6 +766,51 @@ impl<S: ProxyStream> Connection<S> {
             },
         }
         Ok((status, upstream_keep && !extra, close))
+    }
+
+    /// Relay `remaining` body bytes from upstream to the client with splice (large bodies;
+    /// see `--splice-threshold`). Returns what is left to copy: all of it when this runtime
+    /// cannot splice, 0 otherwise.
+    async fn splice_body(&mut self, mut remaining: u64, wait: Duration) -> Result<u64, ProxyError> {
+        const SPLICE_CHUNK: usize = 1024 * 1024;
+        let pipe = match &self.pipe {
+            Some(pipe) => Rc::clone(pipe),
+            None => match crate::sys::Pipe::new(SPLICE_CHUNK) {
+                Ok(pipe) => Rc::clone(self.pipe.insert(Rc::new(pipe))),
+                Err(_) => return Ok(remaining),
+            },
+        };
+        let up = stream_of(&self.upstream)?;
+        while remaining > 0 {
+            let want = remaining.min(SPLICE_CHUNK as u64) as usize;
+            let moved =
+                match tokio::time::timeout(wait, up.splice_to(&self.client, &pipe, want)).await {
+                    Err(_) => Err(ProxyError::UpstreamTimeout(wait)),
+                    Ok(None) => return Ok(remaining),
+                    Ok(Some(Ok(0))) => Err(ProxyError::UpstreamClosed),
+                    Ok(Some(Ok(n))) => Ok(n),
+                    Ok(Some(Err(SpliceError::Source(source)))) => Err(ProxyError::UpstreamIo {
+                        context: "splicing the response body",
+                        source,
+                    }),
+                    Ok(Some(Err(SpliceError::Sink(e)))) => {
+                        debug!(error = %e, "client write failed during splice");
+                        Err(ProxyError::ClientGone("in the response body"))
+                    }
+                };
+            match moved {
+                Ok(n) => {
+                    remaining -= n as u64;
+                    self.spliced += n as u64;
+                }
+                Err(e) => {
+                    // The pipe may hold bytes of this body: never reuse it.
+                    self.pipe = None;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(0)
     }
 
     async fn read_upstream_body(
@@ -861,6 +920,7 @@ impl<S: ProxyStream> Connection<S> {
             rule,
             status,
             latency_us = plan.started.elapsed().as_micros() as u64,
+            spliced_bytes = self.spliced,
             error = error.map(|e| error_chain(e)),
             "request"
         );

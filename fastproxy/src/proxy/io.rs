@@ -7,11 +7,13 @@ use std::io;
 use std::net::{Shutdown, SocketAddrV4};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
+use std::rc::Rc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio_uring::buf::BoundedBuf;
 
+use crate::sys::{splice_op, Pipe};
 use crate::upstream::connect::{connect_marked, ConnectError};
 
 /// A TCP stream as the proxy uses it.
@@ -28,6 +30,23 @@ pub(crate) trait ProxyStream: AsRawFd + Sized + 'static {
         mark: u32,
         deadline: Duration,
     ) -> Result<Self, ConnectError>;
+    /// Move up to `len` bytes from this stream to `to` through `pipe` without copying them
+    /// through user space. `Ok(0)`: end of stream. `None`: this runtime cannot splice.
+    async fn splice_to(
+        &self,
+        to: &Self,
+        pipe: &Rc<Pipe>,
+        len: usize,
+    ) -> Option<Result<usize, SpliceError>>;
+}
+
+/// Which side of a splice failed.
+#[derive(Debug)]
+pub(crate) enum SpliceError {
+    /// Reading from the source (the upstream).
+    Source(io::Error),
+    /// Writing to the destination (the client).
+    Sink(io::Error),
 }
 
 /// Make room for a read of up to `max` bytes; returns the range to read into.
@@ -74,6 +93,36 @@ impl ProxyStream for tokio_uring::net::TcpStream {
         deadline: Duration,
     ) -> Result<Self, ConnectError> {
         connect_marked(addr, mark, deadline).await
+    }
+
+    async fn splice_to(
+        &self,
+        to: &Self,
+        pipe: &Rc<Pipe>,
+        len: usize,
+    ) -> Option<Result<usize, SpliceError>> {
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        let moved = match splice_op(self.as_raw_fd(), pipe.write.as_raw_fd(), len, pipe)
+            .submit()
+            .await
+        {
+            Ok(0) => return Some(Ok(0)),
+            Ok(n) => n,
+            Err(e) => return Some(Err(SpliceError::Source(e))),
+        };
+        let mut left = moved;
+        while left > 0 {
+            let chunk = u32::try_from(left).unwrap_or(u32::MAX);
+            match splice_op(pipe.read.as_raw_fd(), to.as_raw_fd(), chunk, pipe)
+                .submit()
+                .await
+            {
+                Ok(0) => return Some(Err(SpliceError::Sink(io::ErrorKind::WriteZero.into()))),
+                Ok(n) => left -= n,
+                Err(e) => return Some(Err(SpliceError::Sink(e))),
+            }
+        }
+        Some(Ok(moved))
     }
 }
 
@@ -152,6 +201,15 @@ impl ProxyStream for tokio::net::TcpStream {
                 Ok(Some(source)) | Err(source) => Err(ConnectError::Refused { addr, source }),
             },
         }
+    }
+
+    async fn splice_to(
+        &self,
+        _to: &Self,
+        _pipe: &Rc<Pipe>,
+        _len: usize,
+    ) -> Option<Result<usize, SpliceError>> {
+        None
     }
 }
 
