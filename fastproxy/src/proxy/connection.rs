@@ -47,6 +47,8 @@ pub(crate) struct WorkerCtx<S> {
     local: SocketAddrV4,
     /// Idle upstream connections of this core, per endpoint (no lock: one thread).
     pool: RefCell<Vec<(SocketAddrV4, Vec<Idle<S>>)>>,
+    /// Relay buffers of this core not in use: a connection borrows one while it moves a body.
+    buffers: RefCell<Vec<Vec<u8>>>,
     /// Connections open on this core.
     active: Cell<usize>,
     /// Turns true when the proxy shuts down.
@@ -111,6 +113,24 @@ impl<S> WorkerCtx<S> {
         *self.shutdown.borrow()
     }
 
+    /// A relay buffer from the core's pool (or a new one).
+    fn take_buffer(&self) -> Vec<u8> {
+        self.buffers
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(RELAY_CHUNK))
+    }
+
+    /// Give a relay buffer back; the pool keeps a bounded number.
+    fn give_buffer(&self, mut buffer: Vec<u8>) {
+        const POOLED_BUFFERS: usize = 64;
+        let mut pool = self.buffers.borrow_mut();
+        if buffer.capacity() >= RELAY_CHUNK && pool.len() < POOLED_BUFFERS {
+            buffer.clear();
+            pool.push(buffer);
+        }
+    }
+
     pub(crate) fn new(
         settings: ProxySettings,
         lookup: Arc<CallerLookup>,
@@ -122,6 +142,7 @@ impl<S> WorkerCtx<S> {
             lookup,
             local,
             pool: RefCell::new(Vec::new()),
+            buffers: RefCell::new(Vec::new()),
             active: Cell::new(0),
             shutdown,
         }
@@ -460,6 +481,13 @@ impl<S: ProxyStream> Connection<S> {
 
     async fn exchange(&mut self, plan: &Plan) -> Result<Ending, Failure> {
         self.spliced = 0;
+        let ending = self.exchange_inner(plan).await;
+        let relay = std::mem::take(&mut self.relay);
+        self.ctx.give_buffer(relay);
+        ending
+    }
+
+    async fn exchange_inner(&mut self, plan: &Plan) -> Result<Ending, Failure> {
         let endpoint = plan.endpoint.ok_or(ProxyError::Denied("no endpoint"))?;
         if plan.expect_continue {
             let mut cont = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
@@ -610,7 +638,7 @@ impl<S: ProxyStream> Connection<S> {
 
     async fn read_client_body(&mut self, want: usize, idle: Duration) -> Result<usize, ProxyError> {
         if self.relay.capacity() < RELAY_CHUNK {
-            self.relay.reserve(RELAY_CHUNK);
+            self.relay = self.ctx.take_buffer();
         }
         match tokio::time::timeout(idle, read_append(&self.client, &mut self.relay, want)).await {
             Ok(Ok(0)) | Ok(Err(_)) => Err(ProxyError::ClientGone("in the request body")),
@@ -820,7 +848,7 @@ impl<S: ProxyStream> Connection<S> {
     ) -> Result<usize, ProxyError> {
         self.relay.clear();
         if self.relay.capacity() < RELAY_CHUNK {
-            self.relay.reserve(RELAY_CHUNK);
+            self.relay = self.ctx.take_buffer();
         }
         let up = self
             .upstream
