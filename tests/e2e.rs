@@ -460,3 +460,45 @@ fn io_uring_disabled_falls_back_to_tokio_with_the_same_behaviour() {
     let restored = std::fs::read_to_string(IoUringDisabled::PATH).expect("sysctl");
     assert_eq!(restored.trim(), original, "the sysctl is restored");
 }
+
+#[test]
+fn connection_limits_per_uid_keep_room_for_root() {
+    let args = [
+        "--max-connections",
+        "12",
+        "--max-connections-per-uid",
+        "3",
+        "--root-reserved-connections",
+        "4",
+    ];
+    let Some(stack) = Stack::start_with("e2e-limits", &args) else {
+        return;
+    };
+    // nobody holds three idle connections; the fourth is refused with 503 while they stay open,
+    // and root still gets through.
+    let script = "import socket,sys,time\n\
+        held=[socket.create_connection(('169.254.169.254',80)) for _ in range(3)]\n\
+        time.sleep(0.3)\n\
+        s=socket.create_connection(('169.254.169.254',80),timeout=5)\n\
+        s.sendall(b'GET /metadata/instance?api-version=2021-08-01 HTTP/1.1\\r\\nHost: x\\r\\nMetadata: true\\r\\n\\r\\n')\n\
+        print(s.recv(4096).decode('latin-1').split('\\r\\n')[0])\n\
+        sys.stdout.flush()\n\
+        time.sleep(1.5)\n";
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    let holder = std::thread::scope(|scope| {
+        let handle = scope.spawn(|| stack.sandbox.run(cmd, Some(NOBODY)).expect("python runs"));
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let root = stack.curl(None, &format!("{WIRESERVER}/?comp=versions"), &[]);
+        assert_eq!(root.status, 200, "root is not locked out");
+        handle.join().expect("joined")
+    });
+    let out = String::from_utf8_lossy(&holder.1.stdout).into_owned();
+    assert_eq!(out.trim(), "HTTP/1.1 503 Service Unavailable", "{out}");
+    let refused = stack
+        .access_log()
+        .into_iter()
+        .find(|e| e["status"] == 503)
+        .expect("the refusal is logged");
+    assert_eq!(refused["caller_uid"], NOBODY.0);
+}

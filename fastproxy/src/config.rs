@@ -69,6 +69,12 @@ pub struct ProxySettings {
     /// Response bodies with at least this many bytes still to relay are spliced (io_uring
     /// runtime only); 0 = always copy.
     pub splice_threshold: u64,
+    /// Connections open at once, in all.
+    pub max_connections: usize,
+    /// Connections open at once per uid.
+    pub max_connections_per_uid: u32,
+    /// Of `max_connections`, how many only root may use.
+    pub root_reserved_connections: usize,
 }
 
 /// Default splice threshold, chosen by measurement (docs/BENCHMARKS.md).
@@ -88,6 +94,9 @@ impl Default for ProxySettings {
             pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
             kernel_deny: false,
             splice_threshold: DEFAULT_SPLICE_THRESHOLD,
+            max_connections: 1024,
+            max_connections_per_uid: 64,
+            root_reserved_connections: 32,
         }
     }
 }
@@ -127,6 +136,21 @@ impl ProxySettings {
                     reason: "must be at least 1 second".into(),
                 });
             }
+        }
+        if self.root_reserved_connections >= self.max_connections {
+            return Err(ConfigError {
+                field: "root-reserved-connections",
+                reason: format!(
+                    "{} leaves no connection for other users (max-connections is {})",
+                    self.root_reserved_connections, self.max_connections
+                ),
+            });
+        }
+        if self.max_connections_per_uid == 0 {
+            return Err(ConfigError {
+                field: "max-connections-per-uid",
+                reason: "must be at least 1".into(),
+            });
         }
         for e in self.endpoints.iter() {
             if e.addr == self.listen {

@@ -102,6 +102,15 @@ struct RunArgs {
     /// 0 = always copy.
     #[arg(long, default_value_t = DEFAULT_SPLICE_THRESHOLD)]
     splice_threshold: u64,
+    /// Connections open at once, in all (beyond it: 503 and close).
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Connections open at once per uid.
+    #[arg(long, default_value_t = 64)]
+    max_connections_per_uid: u32,
+    /// Of --max-connections, how many only root may use.
+    #[arg(long, default_value_t = 32)]
+    root_reserved_connections: usize,
     /// On SIGTERM or SIGINT: seconds to let requests in flight finish before exiting.
     #[arg(long, default_value_t = 10)]
     shutdown_grace: u64,
@@ -192,6 +201,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut settings = args.redirect.settings()?;
     settings.workers = args.workers;
     settings.splice_threshold = args.splice_threshold;
+    settings.max_connections = args.max_connections;
+    settings.max_connections_per_uid = args.max_connections_per_uid;
+    settings.root_reserved_connections = args.root_reserved_connections;
     settings.timeouts = Timeouts {
         header: Duration::from_secs(args.header_timeout),
         idle: Duration::from_secs(args.idle_timeout),

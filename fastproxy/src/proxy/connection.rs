@@ -22,6 +22,7 @@ use tokio::time::timeout_at;
 use tracing::{debug, info};
 
 use super::io::{read_append, write_all, write_range, ProxyStream, SpliceError};
+use super::limits::ConnectionLimits;
 use crate::config::ProxySettings;
 use crate::http::head::ALLOW_HEADER;
 use crate::http::rewrite::{write_client_response, write_local_response, write_upstream_request};
@@ -44,6 +45,7 @@ const LINGER_BYTES: usize = 256 * 1024;
 pub(crate) struct WorkerCtx<S> {
     settings: ProxySettings,
     lookup: Arc<CallerLookup>,
+    limits: Arc<ConnectionLimits>,
     local: SocketAddrV4,
     /// Idle upstream connections of this core, per endpoint (no lock: one thread).
     pool: RefCell<Vec<(SocketAddrV4, Vec<Idle<S>>)>>,
@@ -134,12 +136,14 @@ impl<S> WorkerCtx<S> {
     pub(crate) fn new(
         settings: ProxySettings,
         lookup: Arc<CallerLookup>,
+        limits: Arc<ConnectionLimits>,
         local: SocketAddrV4,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         WorkerCtx {
             settings,
             lookup,
+            limits,
             local,
             pool: RefCell::new(Vec::new()),
             buffers: RefCell::new(Vec::new()),
@@ -176,6 +180,8 @@ pub(crate) enum ProxyError {
     UpstreamTimeout(Duration),
     #[error("client went away: {0}")]
     ClientGone(&'static str),
+    #[error("connection limit reached (in all, or for this uid)")]
+    TooManyConnections,
 }
 
 /// The one mapping from an error to what the client is told: status and a short reason.
@@ -205,6 +211,7 @@ pub(crate) fn to_response(err: &ProxyError) -> (u16, &'static str) {
         }
         ProxyError::UpstreamTimeout(_) => (504, "upstream response timeout"),
         ProxyError::ClientGone(_) => (400, "client went away"),
+        ProxyError::TooManyConnections => (503, "too many connections"),
     }
 }
 
@@ -308,9 +315,10 @@ struct Connection<S> {
 pub(crate) async fn serve<S: ProxyStream>(client: S, peer: SocketAddrV4, ctx: Rc<WorkerCtx<S>>) {
     let _ = client.set_nodelay(true);
     let caller = ctx.lookup.lookup(&client, ctx.local, peer);
+    let permit = ctx.limits.admit(caller.map(|c| c.uid));
     ctx.active.set(ctx.active.get() + 1);
     let counted = Rc::clone(&ctx);
-    let conn = Connection {
+    let mut conn = Connection {
         client,
         peer,
         caller,
@@ -324,7 +332,13 @@ pub(crate) async fn serve<S: ProxyStream>(client: S, peer: SocketAddrV4, ctx: Rc
         pipe: None,
         spliced: 0,
     };
-    conn.run().await;
+    match permit {
+        Some(_permit) => conn.run().await,
+        None => {
+            conn.log_unparsed(503, &ProxyError::TooManyConnections);
+            conn.answer_error(&ProxyError::TooManyConnections).await;
+        }
+    }
     counted.active.set(counted.active.get() - 1);
 }
 

@@ -8,6 +8,7 @@
 
 mod connection;
 mod io;
+mod limits;
 
 use std::cell::Cell;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -123,16 +124,24 @@ pub fn start(
         .map(|_| bind(settings.listen))
         .collect::<Result<Vec<_>, _>>()?;
     let (shutdown, _) = watch::channel(false);
+    let limits = limits::ConnectionLimits::new(
+        settings.max_connections,
+        settings.max_connections_per_uid,
+        settings.root_reserved_connections,
+    );
     let mut handles = Vec::with_capacity(workers);
     for (index, listener) in listeners.into_iter().enumerate() {
         let settings = settings.clone();
         let lookup = Arc::clone(&lookup);
+        let limits = Arc::clone(&limits);
         let stop = shutdown.subscribe();
         let handle = std::thread::Builder::new()
             .name(format!("fastproxy-w{index}"))
             .spawn(move || match runtime {
-                RuntimeKind::IoUring => uring_worker(listener, settings, lookup, stop, grace),
-                RuntimeKind::Tokio => tokio_worker(listener, settings, lookup, stop, grace),
+                RuntimeKind::IoUring => {
+                    uring_worker(listener, settings, lookup, limits, stop, grace)
+                }
+                RuntimeKind::Tokio => tokio_worker(listener, settings, lookup, limits, stop, grace),
             })
             .map_err(ProxyStartError::Thread)?;
         handles.push(handle);
@@ -188,6 +197,7 @@ fn uring_worker(
     listener: std::net::TcpListener,
     settings: ProxySettings,
     lookup: Arc<CallerLookup>,
+    limits: Arc<limits::ConnectionLimits>,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) {
@@ -197,6 +207,7 @@ fn uring_worker(
         let ctx = Rc::new(connection::WorkerCtx::new(
             settings,
             lookup,
+            limits,
             local,
             stop.clone(),
         ));
@@ -221,6 +232,7 @@ fn tokio_worker(
     listener: std::net::TcpListener,
     settings: ProxySettings,
     lookup: Arc<CallerLookup>,
+    limits: Arc<limits::ConnectionLimits>,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) {
@@ -251,6 +263,7 @@ fn tokio_worker(
         let ctx = Rc::new(connection::WorkerCtx::new(
             settings,
             lookup,
+            limits,
             local,
             stop.clone(),
         ));
