@@ -7,6 +7,8 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 #[cfg(feature = "runtime")]
+pub mod enrich;
+#[cfg(feature = "runtime")]
 pub mod kernel;
 
 /// The caller of one redirected connection, as the kernel recorded it.
