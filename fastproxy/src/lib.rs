@@ -11,6 +11,7 @@ pub mod config;
 pub mod http;
 pub mod identity;
 pub mod policy;
+pub mod signing;
 pub mod upstream;
 
 #[cfg(feature = "runtime")]
