@@ -10,6 +10,7 @@
 pub mod config;
 pub mod http;
 pub mod identity;
+pub mod keykeeper;
 pub mod policy;
 pub mod signing;
 pub mod upstream;
