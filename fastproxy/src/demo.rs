@@ -426,7 +426,14 @@ pub fn start_proxy(
         .arg("--ready-file")
         .arg(&ready)
         .args(["--log-format", "json"])
+        .arg("--keys-dir")
+        .arg(dir.join("keys"))
         .args(args)
+        .args(if args.contains(&"--secure-channel") {
+            &[][..]
+        } else {
+            &["--secure-channel", "off"][..]
+        })
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);

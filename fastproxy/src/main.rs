@@ -7,16 +7,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
 use fastproxy::config::{
     parse_endpoint_override, parse_mode_override, ProxySettings, Timeouts, DEFAULT_LISTEN,
     DEFAULT_MARK, DEFAULT_SPLICE_THRESHOLD,
 };
-use fastproxy::proxy::RuntimeKind;
+use fastproxy::keykeeper::{
+    self,
+    keeper::{ChannelState, KeeperSettings},
+    status::Modes,
+};
+use fastproxy::proxy::{RuntimeKind, Shared};
 use fastproxy::redirect::{self, RedirectSettings};
 use fastproxy::sys::{caps, has_capability};
 use fastproxy::telemetry::{self, LogFormat};
-use tracing::info;
+use fastproxy::upstream::EndpointKind;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tracing::{info, warn};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -114,6 +122,16 @@ struct RunArgs {
     /// On SIGTERM or SIGINT: seconds to let requests in flight finish before exiting.
     #[arg(long, default_value_t = 10)]
     shutdown_grace: u64,
+    /// Secure channel with WireServer (key latching, signing, modes from its status): on or
+    /// off (the --mode flags then stay in force).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    secure_channel: String,
+    /// Seconds between secure-channel status polls once the state is known.
+    #[arg(long, default_value_t = 15)]
+    secure_channel_poll: u64,
+    /// Directory of latched keys (created root-only, 0700; key files 0600).
+    #[arg(long, default_value = "/var/lib/fastproxy/keys")]
+    keys_dir: PathBuf,
     /// Deadline for a complete request head, in seconds (408 after it).
     #[arg(long, default_value_t = 10)]
     header_timeout: u64,
@@ -212,15 +230,41 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     settings.validate()?;
     check_privileges()?;
-    let (redirect, lookup, action) = redirect::attach(&redirect_settings(&settings))?;
+    let (mut redirect, lookup, action) = redirect::attach(&redirect_settings(&settings))?;
     info!(?action, pins = %settings.pin_dir.display(), "kernel programs in place");
+    let configured = settings.endpoints.clone();
+    let shared = Shared {
+        endpoints: Arc::new(ArcSwap::from_pointee(configured.clone())),
+        channel: Arc::new(ChannelState::default()),
+    };
+    let (modes_tx, modes_rx) = std::sync::mpsc::channel();
+    let stop_keeper = Arc::new(AtomicBool::new(false));
+    let keeper = if args.secure_channel == "on" {
+        let wireserver = configured
+            .by_kind(EndpointKind::WireServer)
+            .map(|e| e.addr)
+            .context("no WireServer endpoint")?;
+        Some(keykeeper::keeper::spawn(
+            KeeperSettings {
+                wireserver,
+                mark: settings.mark,
+                keys_dir: args.keys_dir.clone(),
+                poll: Duration::from_secs(args.secure_channel_poll),
+            },
+            Arc::clone(&shared.channel),
+            modes_tx,
+            Arc::clone(&stop_keeper),
+        )?)
+    } else {
+        None
+    };
     let runtime = match args.runtime.as_str() {
         "io-uring" => RuntimeKind::IoUring,
         "tokio" => RuntimeKind::Tokio,
         _ => RuntimeKind::detect(),
     };
     let grace = Duration::from_secs(args.shutdown_grace);
-    let workers = fastproxy::proxy::start(&settings, Arc::new(lookup), runtime, grace)?;
+    let workers = fastproxy::proxy::start(&settings, Arc::new(lookup), runtime, grace, &shared)?;
     info!(
         listen = %settings.listen,
         workers = workers.len(),
@@ -232,7 +276,25 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         std::fs::write(path, format!("{}\n", std::process::id()))
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    wait_for_shutdown_signal()?;
+    // Until the shutdown signal: apply the modes the secure channel sets, to the kernel's
+    // redirect table and to the proxy's endpoint table (every core sees them on its next
+    // request).
+    let apply_modes = |modes: Modes, redirect: &mut redirect::Redirect| {
+        let table = configured.with_modes(modes.wireserver, modes.hostga, modes.imds);
+        if let Err(e) = redirect.apply(&table) {
+            warn!(error = %fastproxy::telemetry::error_chain(&e), "re-programming the redirect table");
+        }
+        shared.endpoints.store(Arc::new(table));
+    };
+    wait_for_shutdown_signal(|| {
+        while let Ok(modes) = modes_rx.try_recv() {
+            apply_modes(modes, &mut redirect);
+        }
+    })?;
+    stop_keeper.store(true, Ordering::Relaxed);
+    if let Some(keeper) = keeper {
+        let _ = keeper.join();
+    }
     info!(
         grace_s = args.shutdown_grace,
         "shutting down: no new connections, finishing requests in flight"
@@ -277,17 +339,21 @@ fn detach(pin_dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn wait_for_shutdown_signal() -> anyhow::Result<()> {
+/// Wait for SIGTERM or SIGINT, calling `tick` every 100 ms meanwhile.
+fn wait_for_shutdown_signal(mut tick: impl FnMut()) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("building the signal runtime")?;
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            r = tokio::signal::ctrl_c() => r?,
+        let mut every = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = term.recv() => return Ok(()),
+                r = tokio::signal::ctrl_c() => return r.map_err(Into::into),
+                _ = every.tick() => tick(),
+            }
         }
-        Ok(())
     })
 }

@@ -129,6 +129,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        411 => "Length Required",
         408 => "Request Timeout",
         413 => "Content Too Large",
         414 => "URI Too Long",

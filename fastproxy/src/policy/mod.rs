@@ -1,27 +1,81 @@
 //! Authorization: a pure function of the caller and the request.
 //!
-//! The built-in rules of SPEC-GPA.md section 5: WireServer and HostGAPlugin are root-only in
-//! every mode (they hand out the VM's secrets), IMDS is open to every local caller.
+//! Two layers. The built-in rules of SPEC-GPA.md section 5 (WireServer and HostGAPlugin are
+//! root-only in every mode because they hand out the VM's secrets; IMDS is open to every local
+//! caller) need only the kernel record: [`evaluate`](fn@evaluate). The Guest Proxy Agent's advanced rules
+//! (privileges, roles, identities, role assignments, `defaultAccess`, per-endpoint modes, local
+//! rule files) are parsed in [`model`], validated and compiled once per change in [`compile`],
+//! and evaluated per request in [`evaluate`](mod@evaluate) over the canonical form of the
+//! request ([`canonical`]); [`authorize`] runs both layers.
+//!
+//! Trade-off: everything here is pure (no I/O, no runtime), so the proxy, `rules explain`, the
+//! benches and the fuzzers share one implementation; caller facts that cost a /proc or NSS read
+//! come in through the [`CallerFacts`] trait, asked for only when a rule needs them.
 
 use crate::identity::CallerRecord;
-use crate::upstream::{EndpointKind, EndpointMode, GuardedEndpoint};
+use crate::upstream::GuardedEndpoint;
+
+pub mod canonical;
+pub mod compile;
+#[cfg(feature = "runtime")]
+pub mod enriched;
+pub mod evaluate;
+pub mod model;
+#[cfg(test)]
+mod tests;
+
+pub use canonical::{CanonicalError, CanonicalRequest};
+pub use compile::{CompiledPolicy, CompiledRules, PolicyError};
+pub use evaluate::{authorize, Basis, CallerFacts, Explanation, KnownCaller, Verdict};
+pub use model::{
+    apply_local_rules, local_rules_file_name, AuthorizationItem, AuthorizationRules, LocalFile,
+    LocalOutcome, RuleId,
+};
 
 /// Why a request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenyReason {
     /// The endpoint is root-only and the caller's uid is not 0.
     RootOnly,
+    /// A privilege matched the request; no identity assigned to it matched the caller.
+    NoIdentity,
+    /// A privilege matched but a required query key has conflicting values.
+    AmbiguousQuery,
+    /// The path extends a privilege's path inside a segment (never granted, never default).
+    PartialSegment,
+    /// No privilege matched and `defaultAccess` is deny.
+    DefaultDeny,
+    /// The request's path or query has no canonical form.
+    InvalidRequest,
 }
 
 impl DenyReason {
     pub fn as_str(self) -> &'static str {
         match self {
             DenyReason::RootOnly => "root only",
+            DenyReason::NoIdentity => "rule: no matching identity",
+            DenyReason::AmbiguousQuery => "rule: ambiguous query",
+            DenyReason::PartialSegment => "rule: partial path segment",
+            DenyReason::DefaultDeny => "rule: default deny",
+            DenyReason::InvalidRequest => "rule: request not canonical",
+        }
+    }
+
+    /// The rule name of the same denial let through by audit mode.
+    pub fn audit_str(self) -> &'static str {
+        match self {
+            DenyReason::RootOnly => "audit: root only",
+            DenyReason::NoIdentity => "audit: no matching identity",
+            DenyReason::AmbiguousQuery => "audit: ambiguous query",
+            DenyReason::PartialSegment => "audit: partial path segment",
+            DenyReason::DefaultDeny => "audit: default deny",
+            DenyReason::InvalidRequest => "audit: request not canonical",
         }
     }
 }
 
-/// The outcome of authorization, with the rule that decided.
+/// The outcome of authorization, with the rule that decided. [`Verdict`] carries more (the
+/// privilege and identity, whether audit mode let a deny through); this is its compact form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Allow(&'static str),
@@ -33,30 +87,35 @@ impl Decision {
         matches!(self, Decision::Allow(_))
     }
 
-    /// Short name of the deciding rule, for the access log.
+    /// Short name of the deciding rule, for the access log. Allows that audit mode granted
+    /// start with `audit:`.
     pub fn rule(self) -> &'static str {
         match self {
             Decision::Allow(rule) => rule,
             Decision::Deny(reason) => reason.as_str(),
         }
     }
+
+    /// Whether audit mode let a denial through (the access log should say so).
+    pub fn is_audit(self) -> bool {
+        matches!(self, Decision::Allow(rule) if rule.starts_with("audit:"))
+    }
 }
 
 /// Evaluate the built-in rules for a request to `endpoint`. A `disabled` endpoint allows
 /// everything (it is normally not even redirected); the root-only rule holds in audit mode too.
+/// The advanced rules need the request: see [`authorize`].
 pub fn evaluate(caller: &CallerRecord, endpoint: &GuardedEndpoint) -> Decision {
-    if endpoint.mode == EndpointMode::Disabled {
-        return Decision::Allow("mode disabled");
+    let basis = evaluate::builtin(caller.uid, endpoint).unwrap_or(match endpoint.kind {
+        crate::upstream::EndpointKind::Imds => Basis::Builtin("builtin: imds open"),
+        _ => Basis::Builtin("builtin: root"),
+    });
+    Verdict {
+        endpoint: endpoint.kind,
+        basis,
+        audited: false,
     }
-    match endpoint.kind {
-        EndpointKind::WireServer | EndpointKind::HostGaPlugin if caller.is_root() => {
-            Decision::Allow("builtin: root")
-        }
-        EndpointKind::WireServer | EndpointKind::HostGaPlugin => {
-            Decision::Deny(DenyReason::RootOnly)
-        }
-        EndpointKind::Imds => Decision::Allow("builtin: imds open"),
-    }
+    .decision()
 }
 
 /// The `x-ms-azure-host-claims` value (SPEC-GPA.md section 3, exactly this text).
@@ -69,8 +128,9 @@ pub fn claims_header(caller: &CallerRecord) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
+mod builtin_tests {
     use super::*;
+    use crate::upstream::{EndpointKind, EndpointMode};
     use std::net::{Ipv4Addr, SocketAddrV4};
 
     #[test]

@@ -25,14 +25,26 @@ use super::io::{read_append, write_all, write_range, ProxyStream, SpliceError};
 use super::limits::ConnectionLimits;
 use crate::config::ProxySettings;
 use crate::http::head::ALLOW_HEADER;
-use crate::http::rewrite::{write_client_response, write_local_response, write_upstream_request};
+use crate::http::rewrite::{
+    forwarded_request_fields, write_client_response, write_local_response, write_upstream_request,
+};
 use crate::http::{parse_request, parse_response, BodyKind, ChunkedDecoder, HttpError};
 use crate::identity::kernel::CallerLookup;
 use crate::identity::CallerRecord;
+use crate::signing::{string_to_sign, SigningKey};
 use crate::policy::{self, Decision};
 use crate::telemetry::{error_chain, ACCESS_TARGET};
 use crate::upstream::connect::ConnectError;
-use crate::upstream::GuardedEndpoint;
+use crate::keykeeper::keeper::ChannelState;
+use crate::upstream::{EndpointTable, GuardedEndpoint};
+use arc_swap::ArcSwap;
+
+/// What every worker shares with the key keeper and the main thread.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub endpoints: Arc<ArcSwap<EndpointTable>>,
+    pub channel: Arc<ChannelState>,
+}
 
 /// Largest single read of a body.
 const RELAY_CHUNK: usize = 64 * 1024;
@@ -46,6 +58,12 @@ pub(crate) struct WorkerCtx<S> {
     settings: ProxySettings,
     lookup: Arc<CallerLookup>,
     limits: Arc<ConnectionLimits>,
+    /// The endpoints and their modes now (the key keeper swaps in new modes).
+    endpoints: Arc<ArcSwap<EndpointTable>>,
+    /// The latched key and the host clock.
+    channel: Arc<ChannelState>,
+    /// The date header of the current second, made once per second per core.
+    date: RefCell<(u64, String)>,
     local: SocketAddrV4,
     /// Idle upstream connections of this core, per endpoint (no lock: one thread).
     pool: RefCell<Vec<(SocketAddrV4, Vec<Idle<S>>)>>,
@@ -115,6 +133,19 @@ impl<S> WorkerCtx<S> {
         *self.shutdown.borrow()
     }
 
+    /// `x-ms-azure-host-date` for now: host time, formatted once per second.
+    fn with_date<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        let now = self.channel.clock.now();
+        let second = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut cached = self.date.borrow_mut();
+        if cached.0 != second || cached.1.is_empty() {
+            *cached = (second, httpdate::fmt_http_date(now));
+        }
+        f(&cached.1)
+    }
+
     /// A relay buffer from the core's pool (or a new one).
     fn take_buffer(&self) -> Vec<u8> {
         self.buffers
@@ -137,6 +168,7 @@ impl<S> WorkerCtx<S> {
         settings: ProxySettings,
         lookup: Arc<CallerLookup>,
         limits: Arc<ConnectionLimits>,
+        shared: &Shared,
         local: SocketAddrV4,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
@@ -144,6 +176,9 @@ impl<S> WorkerCtx<S> {
             settings,
             lookup,
             limits,
+            endpoints: Arc::clone(&shared.endpoints),
+            channel: Arc::clone(&shared.channel),
+            date: RefCell::new((0, String::new())),
             local,
             pool: RefCell::new(Vec::new()),
             buffers: RefCell::new(Vec::new()),
@@ -182,6 +217,10 @@ pub(crate) enum ProxyError {
     ClientGone(&'static str),
     #[error("connection limit reached (in all, or for this uid)")]
     TooManyConnections,
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(u64),
+    #[error("a signed request needs a Content-Length")]
+    LengthRequired,
 }
 
 /// The one mapping from an error to what the client is told: status and a short reason.
@@ -212,6 +251,8 @@ pub(crate) fn to_response(err: &ProxyError) -> (u16, &'static str) {
         ProxyError::UpstreamTimeout(_) => (504, "upstream response timeout"),
         ProxyError::ClientGone(_) => (400, "client went away"),
         ProxyError::TooManyConnections => (503, "too many connections"),
+        ProxyError::BodyTooLarge(_) => (413, "request body too large"),
+        ProxyError::LengthRequired => (411, "signed requests need a Content-Length"),
     }
 }
 
@@ -230,7 +271,68 @@ struct Plan {
     decision: Option<Decision>,
     /// Set when the request is refused before anything is forwarded.
     refusal: Option<ProxyError>,
+    /// The request is signed: its whole body is read before the head goes upstream.
+    signed_pending: bool,
+    /// Largest body this request may carry (100 KB, or 100 MB for skip-signature requests).
+    body_limit: u64,
     started: Instant,
+}
+
+/// Body limits (SPEC-GPA.md section 3): skip-signature requests may carry 100 MB.
+const BODY_LIMIT: u64 = 100 * 1024;
+const SKIP_SIGNATURE_BODY_LIMIT: u64 = 100 * 1024 * 1024;
+
+/// `PUT /vmAgentLog` and `POST /machine/?comp=telemetrydata`, compared lower-cased.
+fn is_skip_signature(method: &str, target: &str) -> bool {
+    (method == "PUT" && target.eq_ignore_ascii_case("/vmAgentLog"))
+        || (method == "POST" && target.eq_ignore_ascii_case("/machine/?comp=telemetrydata"))
+}
+
+/// Write the head that goes upstream: the re-serialised request, the claims and date headers,
+/// and, with a key, the signature over exactly those headers and `body`.
+fn build_upstream_head<S>(
+    out: &mut Vec<u8>,
+    head: &crate::http::RequestHead<'_>,
+    caller: &CallerRecord,
+    key: Option<&SigningKey>,
+    body: &[u8],
+    ctx: &WorkerCtx<S>,
+) {
+    out.clear();
+    let claims = policy::claims_header(caller);
+    ctx.with_date(|date| {
+        let Some(key) = key else {
+            write_upstream_request(
+                out,
+                head,
+                &[
+                    ("x-ms-azure-host-claims", claims.as_bytes()),
+                    ("x-ms-azure-host-date", date.as_bytes()),
+                ],
+            );
+            return;
+        };
+        let added: [(&str, &[u8]); 2] = [
+            ("x-ms-azure-host-claims", claims.as_bytes()),
+            ("x-ms-azure-host-date", date.as_bytes()),
+        ];
+        let fields = forwarded_request_fields(head)
+            .map(|f| (f.name, f.value))
+            .chain(added.iter().copied());
+        let mut input = Vec::with_capacity(512 + body.len());
+        string_to_sign(&mut input, head.method, body, fields, head.path(), head.query());
+        let mut authorization = String::with_capacity(128);
+        key.authorization(&input, &mut authorization);
+        write_upstream_request(
+            out,
+            head,
+            &[
+                added[0],
+                added[1],
+                ("x-ms-azure-host-authorization", authorization.as_bytes()),
+            ],
+        );
+    });
 }
 
 /// How an exchange ended, for the access log and the connection's fate.
@@ -460,20 +562,23 @@ impl<S: ProxyStream> Connection<S> {
             endpoint: None,
             decision: None,
             refusal: None,
+            signed_pending: false,
+            body_limit: BODY_LIMIT,
             started: Instant::now(),
         };
         let Some(caller) = self.caller else {
             plan.refusal = Some(ProxyError::NoCallerRecord);
             return Ok(Some(plan));
         };
-        let Some(endpoint) = settings.endpoints.by_addr(caller.original_dst) else {
+        let endpoints = self.ctx.endpoints.load();
+        let Some(endpoint) = endpoints.by_addr(caller.original_dst) else {
             plan.refusal = Some(ProxyError::NotGuarded(caller.original_dst));
             return Ok(Some(plan));
         };
         plan.endpoint = Some(endpoint);
         if head
             .field("host")
-            .is_some_and(|host| settings.endpoints.host_names_another(host, &endpoint))
+            .is_some_and(|host| endpoints.host_names_another(host, &endpoint))
         {
             return Err(HttpError::Malformed("Host names another endpoint").into());
         }
@@ -483,14 +588,64 @@ impl<S: ProxyStream> Connection<S> {
             plan.refusal = Some(ProxyError::Denied(reason.as_str()));
             return Ok(Some(plan));
         }
-        self.out.clear();
-        let claims = policy::claims_header(&caller);
-        write_upstream_request(
-            &mut self.out,
-            &head,
-            &[("x-ms-azure-host-claims", claims.as_bytes())],
-        );
+        let skip_signature = is_skip_signature(head.method, head.target);
+        if skip_signature {
+            plan.body_limit = SKIP_SIGNATURE_BODY_LIMIT;
+        }
+        if let BodyKind::Length(n) = head.body {
+            if n > plan.body_limit {
+                plan.refusal = Some(ProxyError::BodyTooLarge(plan.body_limit));
+                return Ok(Some(plan));
+            }
+        }
+        let key = if skip_signature {
+            None
+        } else {
+            self.ctx.channel.key.load_full()
+        };
+        if let Some(key) = key {
+            let BodyKind::Length(n) = head.body else {
+                // The signature covers the body: a chunked one would have to be buffered
+                // and re-framed; signed requests must say their length.
+                plan.refusal = Some(ProxyError::LengthRequired);
+                return Ok(Some(plan));
+            };
+            let end = head.head_len + n as usize;
+            if self.input.len() < end {
+                plan.signed_pending = true;
+                return Ok(Some(plan));
+            }
+            let body = &self.input[head.head_len..end];
+            build_upstream_head(&mut self.out, &head, &caller, Some(&key), body, &self.ctx);
+        } else {
+            build_upstream_head(&mut self.out, &head, &caller, None, b"", &self.ctx);
+        }
         Ok(Some(plan))
+    }
+
+    /// A signed request whose body had not arrived whole: read it (it is at most the body
+    /// limit), then sign and write the upstream head.
+    async fn complete_signed_head(&mut self, plan: &Plan) -> Result<(), ProxyError> {
+        let BodyKind::Length(n) = plan.body else {
+            return Err(ProxyError::LengthRequired);
+        };
+        let end = plan.head_len + n as usize;
+        let idle = self.ctx.settings.timeouts.idle;
+        while self.input.len() < end {
+            let want = end - self.input.len();
+            match tokio::time::timeout(idle, read_append(&self.client, &mut self.input, want)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(ProxyError::ClientGone("in the request body")),
+                Ok(Ok(_)) => {}
+                Err(_) => return Err(ProxyError::ClientGone("stalled in the request body")),
+            }
+        }
+        let caller = self.caller.ok_or(ProxyError::NoCallerRecord)?;
+        let key = self.ctx.channel.key.load_full();
+        let head = parse_request(&self.input, &self.ctx.settings.limits)?
+            .ok_or(HttpError::Malformed("head vanished"))?;
+        let body = &self.input[head.head_len..end];
+        build_upstream_head(&mut self.out, &head, &caller, key.as_deref(), body, &self.ctx);
+        Ok(())
     }
 
     async fn exchange(&mut self, plan: &Plan) -> Result<Ending, Failure> {
@@ -508,6 +663,9 @@ impl<S: ProxyStream> Connection<S> {
             write_all(&self.client, &mut cont)
                 .await
                 .map_err(|_| ProxyError::ClientGone("before 100-continue"))?;
+        }
+        if plan.signed_pending {
+            self.complete_signed_head(plan).await?;
         }
         // A body already buffered whole goes out with the head, in one write.
         let buffered_end = match plan.body {

@@ -10,6 +10,8 @@ mod connection;
 mod io;
 mod limits;
 
+pub use connection::Shared;
+
 use std::cell::Cell;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::rc::Rc;
@@ -114,6 +116,7 @@ pub fn start(
     lookup: Arc<CallerLookup>,
     runtime: RuntimeKind,
     grace: Duration,
+    shared: &Shared,
 ) -> Result<Workers, ProxyStartError> {
     let workers = if settings.workers == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -134,14 +137,15 @@ pub fn start(
         let settings = settings.clone();
         let lookup = Arc::clone(&lookup);
         let limits = Arc::clone(&limits);
+        let shared = shared.clone();
         let stop = shutdown.subscribe();
         let handle = std::thread::Builder::new()
             .name(format!("fastproxy-w{index}"))
             .spawn(move || match runtime {
                 RuntimeKind::IoUring => {
-                    uring_worker(listener, settings, lookup, limits, stop, grace)
+                    uring_worker(listener, settings, lookup, limits, shared, stop, grace)
                 }
-                RuntimeKind::Tokio => tokio_worker(listener, settings, lookup, limits, stop, grace),
+                RuntimeKind::Tokio => tokio_worker(listener, settings, lookup, limits, shared, stop, grace),
             })
             .map_err(ProxyStartError::Thread)?;
         handles.push(handle);
@@ -198,6 +202,7 @@ fn uring_worker(
     settings: ProxySettings,
     lookup: Arc<CallerLookup>,
     limits: Arc<limits::ConnectionLimits>,
+    shared: Shared,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) {
@@ -208,6 +213,7 @@ fn uring_worker(
             settings,
             lookup,
             limits,
+            &shared,
             local,
             stop.clone(),
         ));
@@ -233,6 +239,7 @@ fn tokio_worker(
     settings: ProxySettings,
     lookup: Arc<CallerLookup>,
     limits: Arc<limits::ConnectionLimits>,
+    shared: Shared,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
 ) {
@@ -264,6 +271,7 @@ fn tokio_worker(
             settings,
             lookup,
             limits,
+            &shared,
             local,
             stop.clone(),
         ));

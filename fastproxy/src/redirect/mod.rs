@@ -88,8 +88,9 @@ pub enum RedirectError {
 
 /// The loaded and attached programs; dropping it detaches them.
 pub struct Redirect {
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     cgroup: PathBuf,
+    kernel_deny: bool,
 }
 
 impl std::fmt::Debug for Redirect {
@@ -104,6 +105,12 @@ impl Redirect {
     /// The cgroup the programs are attached to.
     pub fn cgroup(&self) -> &Path {
         &self.cgroup
+    }
+
+    /// Re-program which endpoints the kernel redirects (modes changed): endpoints that stay
+    /// guarded are never absent from the table in between.
+    pub fn apply(&mut self, table: &EndpointTable) -> Result<(), RedirectError> {
+        sync_endpoints(&mut self.ebpf, table, self.kernel_deny)
     }
 }
 
@@ -232,8 +239,9 @@ pub fn attach(
 
     Ok((
         Redirect {
-            _ebpf: ebpf,
+            ebpf,
             cgroup,
+            kernel_deny: settings.kernel_deny,
         },
         CallerLookup::new(callers, handoff),
         action,

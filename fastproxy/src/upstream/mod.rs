@@ -144,6 +144,15 @@ impl EndpointTable {
         }
     }
 
+    /// The same endpoints with the modes of a secure-channel status.
+    pub fn with_modes(&self, wireserver: EndpointMode, hostga: EndpointMode, imds: EndpointMode) -> EndpointTable {
+        let mut table = self.clone();
+        table.set_mode(EndpointKind::WireServer, wireserver);
+        table.set_mode(EndpointKind::HostGaPlugin, hostga);
+        table.set_mode(EndpointKind::Imds, imds);
+        table
+    }
+
     /// Set the mode of one endpoint.
     pub fn set_mode(&mut self, kind: EndpointKind, mode: EndpointMode) {
         for e in &mut self.endpoints {
