@@ -29,11 +29,12 @@ pub(crate) struct Request {
     pub(crate) target: String,
     pub(crate) headers: Vec<(String, String)>,
     /// The first [`BODY_KEEP`] bytes of the body.
-    #[allow(dead_code)] // for the secure channel, which reads request bodies
     pub(crate) body: Vec<u8>,
     pub(crate) body_len: usize,
     /// The address the client connected to.
     pub(crate) local: SocketAddr,
+    /// The key guid of a valid `x-ms-azure-host-authorization`, once checked.
+    pub(crate) signed_by: Option<String>,
 }
 
 impl Request {
@@ -236,18 +237,24 @@ impl Connection {
         } else {
             conn_tokens.iter().any(|t| t == "keep-alive")
         };
-        let request = Request {
+        let mut request = Request {
             method: head.method,
             target: head.target,
             headers: head.headers,
             body,
             body_len: usize::try_from(body_len).unwrap_or(usize::MAX),
             local: self.local,
+            signed_by: None,
         };
-        let response = match self.endpoint {
-            Endpoint::WireServer => crate::wireserver::handle(&request, &self.state),
-            Endpoint::HostGaPlugin => crate::hostga::handle(&request),
-            Endpoint::Imds => crate::imds::handle(&request),
+        let (signature, signed_by, refused) = self.state.channel.check(self.endpoint, &request);
+        request.signed_by = signed_by;
+        let response = match refused {
+            Some(refused) => refused,
+            None => match self.endpoint {
+                Endpoint::WireServer => crate::wireserver::handle(&request, &self.state),
+                Endpoint::HostGaPlugin => crate::hostga::handle(&request),
+                Endpoint::Imds => crate::imds::handle(&request),
+            },
         };
         let head_only = request.method == "HEAD";
         let minor = if keep_alive && head.minor == 0 { 0 } else { 1 };
@@ -259,6 +266,7 @@ impl Connection {
             headers: request.headers,
             body_len: request.body_len,
             status: response.status,
+            signature: Some(signature),
         });
         self.write_response(response, keep_alive, minor == 0, head_only)
             .await?;
@@ -359,6 +367,7 @@ impl Connection {
             headers: head.headers.clone(),
             body_len: usize::try_from(body_len).unwrap_or(usize::MAX),
             status,
+            signature: None,
         });
         let response = Response::new(status, "text/plain; charset=utf-8", util::reason(status));
         let _ = self.write_response(response, false, false, false).await;

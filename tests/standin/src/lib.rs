@@ -11,10 +11,19 @@
 //! Entry points: [`run`] (blocking, until SIGTERM/SIGINT), [`serve`] / [`serve_with_ready`]
 //! (async, with a shutdown future), [`spawn`] (background thread, for in-process tests) and
 //! [`StandinArgs`] (the command line, embeddable as a subcommand).
+//!
+//! The WireServer secure channel (SPEC-GPA.md section 6) is modelled too: the status (v1.0 or
+//! v2.0), key acquisition and attestation, and, while the channel is on, the request signature
+//! of section 4 is enforced on the endpoints it covers (see [`SecureChannel`],
+//! [`SecureChannelControl`] and [`signing`]). It starts from [`StandinConfig::secure_channel`]
+//! and changes at run time through [`StandinHandle`] or the control file
+//! ([`StandinConfig::control`]).
 
 mod hostga;
 mod http;
 mod imds;
+mod securechannel;
+pub mod signing;
 mod util;
 mod wireserver;
 
@@ -30,6 +39,10 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
 pub use hostga::artifact_byte;
+pub use securechannel::{
+    AuthorizationMode, SecureChannel, SecureChannelControl, SecureChannelState, SignatureCheck,
+    StatusVersion,
+};
 
 /// Where the three stand-in listeners bind, and where requests are recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,16 +55,26 @@ pub struct StandinConfig {
     pub imds: SocketAddr,
     /// JSONL file, one [`RecordedRequest`] per line, appended and flushed per request.
     pub record: Option<PathBuf>,
+    /// The secure channel at start (default: disabled, status 1.0, a generated key).
+    pub secure_channel: SecureChannel,
+    /// A JSON file re-read before each request is handled (when present), to change the
+    /// secure channel while the stand-in runs: `{"state": "disabled"|"wireserver"|
+    /// "wireserverandimds", "version": "1.0"|"2.0", "rotate": true|false}`, every field
+    /// optional. It is applied once per change of its content or modification time, so
+    /// `"rotate": true` rotates the key once each time the file is (re)written.
+    pub control: Option<PathBuf>,
 }
 
 impl StandinConfig {
-    /// A configuration that records nothing.
+    /// A configuration that records nothing, with the secure channel disabled.
     pub fn new(wireserver: SocketAddr, hostga: SocketAddr, imds: SocketAddr) -> Self {
         Self {
             wireserver,
             hostga,
             imds,
             record: None,
+            secure_channel: SecureChannel::default(),
+            control: None,
         }
     }
 }
@@ -89,6 +112,10 @@ pub struct RecordedRequest {
     pub body_len: usize,
     /// The status the stand-in answered.
     pub status: u16,
+    /// How its `x-ms-azure-host-authorization` was judged; `None` for a request refused before
+    /// routing (malformed) and in records written before signatures were checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SignatureCheck>,
 }
 
 impl RecordedRequest {
@@ -143,6 +170,28 @@ pub struct StandinArgs {
     /// Write FILE once every listener is bound (removed again on clean exit).
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
+    /// Secure channel state at start: which endpoints require signed requests.
+    #[arg(
+        long,
+        value_name = "STATE",
+        value_enum,
+        ignore_case = true,
+        default_value_t
+    )]
+    pub secure_channel: SecureChannelState,
+    /// Shape of GET /secure-channel/status.
+    #[arg(long, value_name = "VERSION", value_enum, default_value_t)]
+    pub status_version: StatusVersion,
+    /// JSON file re-read before each request to change the secure channel at run time:
+    /// {"state": "disabled|wireserver|wireserverandimds", "version": "1.0|2.0", "rotate": bool}.
+    #[arg(long, value_name = "FILE")]
+    pub control: Option<PathBuf>,
+    /// Guid of the first secure channel key (default: generated).
+    #[arg(long, value_name = "GUID")]
+    pub key_guid: Option<String>,
+    /// The first secure channel key, 64 hex digits (default: generated).
+    #[arg(long, value_name = "HEX")]
+    pub key_hex: Option<String>,
 }
 
 impl StandinArgs {
@@ -153,6 +202,14 @@ impl StandinArgs {
             hostga: self.hostga,
             imds: self.imds,
             record: self.record,
+            secure_channel: SecureChannel {
+                state: self.secure_channel,
+                version: self.status_version,
+                key_guid: self.key_guid,
+                key_hex: self.key_hex,
+                ..SecureChannel::default()
+            },
+            control: self.control,
         }
     }
 
@@ -241,6 +298,16 @@ pub async fn serve_with_ready(
     on_ready: impl FnOnce() -> anyhow::Result<()>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let channel = securechannel::Shared::new(&config.secure_channel, config.control.clone())?;
+    serve_inner(config, Arc::new(channel), on_ready, shutdown).await
+}
+
+async fn serve_inner(
+    config: StandinConfig,
+    channel: Arc<securechannel::Shared>,
+    on_ready: impl FnOnce() -> anyhow::Result<()>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let recorder = match &config.record {
         Some(path) => Some(Mutex::new(
             OpenOptions::new()
@@ -264,6 +331,7 @@ pub async fn serve_with_ready(
     }
     let state = Arc::new(State {
         config,
+        channel,
         recorder,
         verbose: std::env::var_os("STANDIN_VERBOSE").is_some_and(|v| v == "1"),
     });
@@ -294,10 +362,16 @@ pub async fn serve_with_ready(
 pub struct StandinHandle {
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+    control: SecureChannelControl,
 }
 
 /// Starts the stand-in on a background thread and returns once every listener is bound.
 pub fn spawn(config: StandinConfig) -> anyhow::Result<StandinHandle> {
+    let channel = Arc::new(securechannel::Shared::new(
+        &config.secure_channel,
+        config.control.clone(),
+    )?);
+    let control = SecureChannelControl(Arc::clone(&channel));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
@@ -308,8 +382,9 @@ pub fn spawn(config: StandinConfig) -> anyhow::Result<StandinHandle> {
                 .enable_all()
                 .build()
                 .context("building the tokio runtime")?;
-            runtime.block_on(serve_with_ready(
+            runtime.block_on(serve_inner(
                 config,
+                channel,
                 move || {
                     let _ = ready_tx.send(());
                     Ok(())
@@ -323,6 +398,7 @@ pub fn spawn(config: StandinConfig) -> anyhow::Result<StandinHandle> {
     let mut handle = StandinHandle {
         stop: Some(stop_tx),
         thread: Some(thread),
+        control,
     };
     if ready_rx.recv().is_err() {
         // The thread ended before binding everything: report why.
@@ -337,6 +413,32 @@ pub fn spawn(config: StandinConfig) -> anyhow::Result<StandinHandle> {
 }
 
 impl StandinHandle {
+    /// A handle on the secure channel that can be cloned and used from other threads.
+    pub fn control(&self) -> SecureChannelControl {
+        self.control.clone()
+    }
+
+    /// The secure channel now: state, status version, current key guid and hex, incarnation.
+    pub fn secure_channel(&self) -> SecureChannel {
+        self.control.secure_channel()
+    }
+
+    /// Changes which endpoints require signed requests (the key stays).
+    pub fn set_secure_channel(&self, state: SecureChannelState) {
+        self.control.set_secure_channel(state);
+    }
+
+    /// Changes the shape of `GET /secure-channel/status`.
+    pub fn set_status_version(&self, version: StatusVersion) {
+        self.control.set_status_version(version);
+    }
+
+    /// Issues a new key (guid, secret, incarnation + 1) and returns its guid; the previous key
+    /// keeps verifying until the next rotation.
+    pub fn rotate_key(&self) -> String {
+        self.control.rotate_key()
+    }
+
     /// Stops the stand-in and waits for it.
     pub fn stop(mut self) -> anyhow::Result<()> {
         self.finish()
@@ -363,6 +465,7 @@ impl Drop for StandinHandle {
 /// Shared by every connection.
 pub(crate) struct State {
     pub(crate) config: StandinConfig,
+    pub(crate) channel: Arc<securechannel::Shared>,
     recorder: Option<Mutex<File>>,
     verbose: bool,
 }
@@ -371,12 +474,13 @@ impl State {
     pub(crate) fn record(&self, rec: &RecordedRequest) {
         if self.verbose {
             eprintln!(
-                "standin: {} {} {} {} -> {}",
+                "standin: {} {} {} {} -> {} (signature {})",
                 rec.endpoint.label(),
                 rec.peer,
                 rec.method,
                 rec.target,
-                rec.status
+                rec.status,
+                rec.signature.map_or("-", SignatureCheck::as_str)
             );
         }
         let Some(recorder) = &self.recorder else {

@@ -9,6 +9,8 @@ use serde_json::Value;
 
 use super::*;
 
+mod secure_channel;
+
 /// Three distinct free loopback ports (held together so they differ, then released).
 fn free_addrs() -> [SocketAddr; 3] {
     let listeners: Vec<TcpListener> = (0..3)
@@ -40,10 +42,16 @@ struct Fixture {
 
 impl Fixture {
     fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    /// Starts with a configuration adjusted by `configure` (addresses and record are set).
+    fn start_with(configure: impl FnOnce(&mut StandinConfig)) -> Self {
         let [ws, hg, imds] = free_addrs();
         let record = temp_path("record.jsonl");
         let mut config = StandinConfig::new(ws, hg, imds);
         config.record = Some(record.clone());
+        configure(&mut config);
         let handle = spawn(config).expect("start the stand-in");
         Self {
             ws,
@@ -56,6 +64,10 @@ impl Fixture {
 
     fn records(&self) -> Vec<RecordedRequest> {
         read_records(&self.record).expect("read records")
+    }
+
+    fn handle(&self) -> &StandinHandle {
+        self.handle.as_ref().expect("running")
     }
 }
 
@@ -684,4 +696,56 @@ fn cli_embeds_as_subcommand() {
     assert_eq!(config.hostga, "168.63.129.16:32526".parse().expect("addr"));
     assert_eq!(config.imds, "127.100.0.254:80".parse().expect("addr"));
     assert_eq!(config.record, None);
+    assert_eq!(config.secure_channel, SecureChannel::default());
+    assert_eq!(config.control, None);
+
+    let Cli::Standin(args) = Cli::try_parse_from([
+        "fastproxy",
+        "standin",
+        "--secure-channel",
+        "WireServerAndImds",
+        "--status-version",
+        "2.0",
+        "--control",
+        "/tmp/c.json",
+        "--key-guid",
+        "g",
+        "--key-hex",
+        "00",
+    ])
+    .expect("parse");
+    let config = args.into_config();
+    assert_eq!(
+        config.secure_channel,
+        SecureChannel {
+            state: SecureChannelState::WireServerAndImds,
+            version: StatusVersion::V2,
+            key_guid: Some("g".into()),
+            key_hex: Some("00".into()),
+            incarnation: 1,
+        }
+    );
+    assert_eq!(config.control, Some(PathBuf::from("/tmp/c.json")));
+    // A bad key is refused at start.
+    let err = spawn(config).expect_err("a 1-byte key");
+    assert!(format!("{err:#}").contains("64 hex digits"), "{err:#}");
+    for bad in [["--secure-channel", "imds"], ["--status-version", "3.0"]] {
+        let argv = ["fastproxy", "standin", bad[0], bad[1]];
+        assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn old_records_still_read() {
+    let line = r#"{"endpoint":"Imds","peer":"127.0.0.1:1","method":"GET","target":"/","headers":[["Host","x"]],"body_len":0,"status":200}"#;
+    let rec: RecordedRequest = serde_json::from_str(line).expect("old record");
+    assert_eq!(rec.signature, None);
+    let mut rec = rec;
+    rec.signature = Some(SignatureCheck::NotRequired);
+    let text = serde_json::to_string(&rec).expect("encode");
+    assert!(text.contains(r#""signature":"not-required""#), "{text}");
+    assert_eq!(
+        serde_json::from_str::<RecordedRequest>(&text).expect("decode"),
+        rec
+    );
 }

@@ -1,7 +1,6 @@
 //! WireServer (168.63.129.16:80): versions, goal state and its configuration documents,
-//! health, role properties, telemetry, HealthService and the secure-channel status.
-
-use serde_json::json;
+//! health, role properties, telemetry, HealthService and the secure channel (status, key
+//! acquisition and attestation; see [`crate::securechannel`]).
 
 use crate::http::{Request, Response};
 use crate::{util, State};
@@ -52,7 +51,7 @@ pub(crate) fn handle(req: &Request, state: &State) -> Response {
         ("POST", "health" | "telemetrydata") if machine => Response::new(200, XML, ""),
         ("POST", "roleproperties") if machine => Response::new(202, XML, ""),
         ("POST", _) if path == "/HealthService" => Response::new(200, XML, ""),
-        _ if path.starts_with("/secure-channel/") => secure_channel(req, path),
+        _ if path.starts_with("/secure-channel/") => secure_channel(req, path, state),
         _ => error(
             404,
             "ResourceNotFound",
@@ -62,23 +61,16 @@ pub(crate) fn handle(req: &Request, state: &State) -> Response {
     response.with_header("x-ms-azure-host-date", util::http_date_now())
 }
 
-/// `/secure-channel/...`: SPEC-GPA.md section 6.
-///
-/// Only the status is answered for now, in the "disabled" state. The secure channel proper
-/// goes here: `POST /secure-channel/key` (issue a key), `POST /secure-channel/key/{guid}/
-/// key-attestation`, the v2.0 status with `authorizationRules`, and checking request
-/// signatures on the other endpoints once a key is latched.
-fn secure_channel(req: &Request, path: &str) -> Response {
+/// `/secure-channel/...`: SPEC-GPA.md section 6. Signatures were checked before routing; the
+/// attestation only gets here with a valid one.
+fn secure_channel(req: &Request, path: &str, state: &State) -> Response {
+    let channel = &state.channel;
     match (req.method.as_str(), path) {
-        ("GET", "/secure-channel/status") => Response::json(
-            200,
-            &json!({
-                "authorizationScheme": "Azure-HMAC-SHA256",
-                "keyDeliveryMethod": "http",
-                "version": "1.0",
-                "secureChannelState": "disabled",
-            }),
-        ),
+        ("GET", "/secure-channel/status") => channel.status(),
+        ("POST", "/secure-channel/key") => channel.acquire_key(req),
+        ("POST", _) if crate::securechannel::attestation_guid(path).is_some() => {
+            channel.attest(path, req.signed_by.as_deref())
+        }
         _ => error(
             404,
             "ResourceNotFound",
