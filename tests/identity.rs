@@ -5,6 +5,7 @@
 mod support;
 
 use std::process::{Command, Stdio};
+
 use std::time::Duration;
 
 use fastproxy::demo::NOBODY;
@@ -33,21 +34,6 @@ print("opened", len(socks), flush=True)
 time.sleep({hold})
 "#
     )
-}
-
-/// Entries in a pinned hash map, counted with bpftool.
-fn map_entries(pin: &std::path::Path) -> usize {
-    let out = Command::new("bpftool")
-        .args(["map", "dump", "pinned"])
-        .arg(pin)
-        .output()
-        .expect("bpftool runs");
-    assert!(
-        out.status.success(),
-        "bpftool: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).matches("key:").count()
 }
 
 #[test]

@@ -378,6 +378,17 @@ pub fn start_stack(
     dir: &Path,
     proxy_args: &[&str],
 ) -> anyhow::Result<(u32, u32)> {
+    start_stack_with(sandbox, exe, dir, &[], proxy_args)
+}
+
+/// `start_stack` with extra arguments for the stand-in too.
+pub fn start_stack_with(
+    sandbox: &mut Sandbox,
+    exe: &Path,
+    dir: &Path,
+    standin_args: &[&str],
+    proxy_args: &[&str],
+) -> anyhow::Result<(u32, u32)> {
     let standin_ready = dir.join("standin.ready");
     let mut standin = Command::new(exe);
     standin
@@ -386,6 +397,7 @@ pub fn start_stack(
         .arg(dir.join("records.jsonl"))
         .arg("--ready-file")
         .arg(&standin_ready)
+        .args(standin_args)
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     let standin_pid = sandbox

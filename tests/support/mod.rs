@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use fastproxy::demo::{azure_addresses, curl, start_stack, CurlResult, Sandbox};
+use fastproxy::demo::{azure_addresses, curl, start_stack_with, CurlResult, Sandbox};
 pub use fastproxy::sys::is_root;
 use fastproxy_standin::{read_records, RecordedRequest};
 use serde_json::Value;
@@ -29,6 +29,12 @@ impl Stack {
 
     /// Like `start`, with extra `fastproxy run` arguments.
     pub fn start_with(tag: &str, proxy_args: &[&str]) -> Option<Stack> {
+        Self::start_full(tag, &[], proxy_args)
+    }
+
+    /// Like `start`, with extra arguments for the stand-in and for `fastproxy run`; the
+    /// stand-in's arguments may name `{dir}`, the test's directory.
+    pub fn start_full(tag: &str, standin_args: &[&str], proxy_args: &[&str]) -> Option<Stack> {
         if !is_root() {
             eprintln!(
                 "SKIPPED {tag}: needs root (eBPF, network namespaces, cgroups); CI runs it as root"
@@ -38,10 +44,16 @@ impl Stack {
         let mut sandbox = Sandbox::create(tag, &azure_addresses()).expect("sandbox");
         let dir = std::env::temp_dir().join(format!("fastproxy-test-{}", sandbox.name()));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let (standin_pid, proxy_pid) = start_stack(
+        let standin_args: Vec<String> = standin_args
+            .iter()
+            .map(|a| a.replace("{dir}", &dir.display().to_string()))
+            .collect();
+        let standin_args: Vec<&str> = standin_args.iter().map(String::as_str).collect();
+        let (standin_pid, proxy_pid) = start_stack_with(
             &mut sandbox,
             Path::new(EXE),
             &dir,
+            &standin_args,
             &[&["--workers", "2"], proxy_args].concat(),
         )
         .expect("stack starts");
@@ -146,4 +158,20 @@ pub fn log_with(path: &Path, needle: &str) -> String {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// Entries in a pinned BPF map, from `bpftool -j map dump` (JSON: one array element per entry).
+pub fn map_entries(pin: &Path) -> usize {
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(pin)
+        .output()
+        .expect("bpftool runs");
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let entries: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    entries.as_array().expect("an array of entries").len()
 }

@@ -31,11 +31,11 @@ use crate::http::rewrite::{
 use crate::http::{parse_request, parse_response, BodyKind, ChunkedDecoder, HttpError};
 use crate::identity::kernel::CallerLookup;
 use crate::identity::CallerRecord;
-use crate::signing::{string_to_sign, SigningKey};
+use crate::keykeeper::keeper::ChannelState;
 use crate::policy::{self, Decision};
+use crate::signing::{string_to_sign, SigningKey};
 use crate::telemetry::{error_chain, ACCESS_TARGET};
 use crate::upstream::connect::ConnectError;
-use crate::keykeeper::keeper::ChannelState;
 use crate::upstream::{EndpointTable, GuardedEndpoint};
 use arc_swap::ArcSwap;
 
@@ -320,7 +320,14 @@ fn build_upstream_head<S>(
             .map(|f| (f.name, f.value))
             .chain(added.iter().copied());
         let mut input = Vec::with_capacity(512 + body.len());
-        string_to_sign(&mut input, head.method, body, fields, head.path(), head.query());
+        string_to_sign(
+            &mut input,
+            head.method,
+            body,
+            fields,
+            head.path(),
+            head.query(),
+        );
         let mut authorization = String::with_capacity(128);
         key.authorization(&input, &mut authorization);
         write_upstream_request(
@@ -633,8 +640,11 @@ impl<S: ProxyStream> Connection<S> {
         let idle = self.ctx.settings.timeouts.idle;
         while self.input.len() < end {
             let want = end - self.input.len();
-            match tokio::time::timeout(idle, read_append(&self.client, &mut self.input, want)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return Err(ProxyError::ClientGone("in the request body")),
+            match tokio::time::timeout(idle, read_append(&self.client, &mut self.input, want)).await
+            {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    return Err(ProxyError::ClientGone("in the request body"))
+                }
                 Ok(Ok(_)) => {}
                 Err(_) => return Err(ProxyError::ClientGone("stalled in the request body")),
             }
@@ -644,7 +654,14 @@ impl<S: ProxyStream> Connection<S> {
         let head = parse_request(&self.input, &self.ctx.settings.limits)?
             .ok_or(HttpError::Malformed("head vanished"))?;
         let body = &self.input[head.head_len..end];
-        build_upstream_head(&mut self.out, &head, &caller, key.as_deref(), body, &self.ctx);
+        build_upstream_head(
+            &mut self.out,
+            &head,
+            &caller,
+            key.as_deref(),
+            body,
+            &self.ctx,
+        );
         Ok(())
     }
 
@@ -781,6 +798,12 @@ impl<S: ProxyStream> Connection<S> {
             BodyKind::Chunked => {
                 let mut decoder = ChunkedDecoder::new(false);
                 let used = decoder.advance(&self.input[pos..])?;
+                // A chunked body is held to the body limit by its bytes on the wire; past it
+                // the upstream connection is dropped with the request incomplete.
+                let mut wire = used as u64;
+                if wire > plan.body_limit {
+                    return Err(ProxyError::BodyTooLarge(plan.body_limit));
+                }
                 let up = stream_of(&self.upstream)?;
                 write_range(up, &mut self.input, pos..pos + used)
                     .await
@@ -790,6 +813,10 @@ impl<S: ProxyStream> Connection<S> {
                     self.relay.clear();
                     self.read_client_body(RELAY_CHUNK, idle).await?;
                     let used = decoder.advance(&self.relay)?;
+                    wire += used as u64;
+                    if wire > plan.body_limit {
+                        return Err(ProxyError::BodyTooLarge(plan.body_limit));
+                    }
                     let up = stream_of(&self.upstream)?;
                     write_range(up, &mut self.relay, 0..used)
                         .await

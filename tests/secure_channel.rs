@@ -1,0 +1,223 @@
+//! The secure channel end to end: the stand-in WireServer is cycled through disabled ->
+//! wireserver -> wireserverandimds -> a key rotation -> disabled while a client keeps one
+//! keep-alive connection open. Each phase shows the expected redirect set in the kernel, the
+//! state text in the proxy's log, signatures the stand-in accepts, and the connection
+//! survives the rotation. Needs root.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fastproxy_standin::SignatureCheck;
+use support::*;
+
+/// Guarded ip:port entries in the kernel's endpoint table.
+fn redirected(pins: &Path) -> usize {
+    map_entries(&pins.join("fp_endpoints"))
+}
+
+/// Wait until `check` holds (the keeper polls every second), up to 10 s.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn set_state(control: &Path, state: &str, rotate: u32) {
+    let text = format!(
+        r#"{{"state": "{state}", "rotate": {}, "n": {rotate}}}"#,
+        rotate > 0
+    );
+    let tmp = control.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("control");
+    std::fs::rename(&tmp, control).expect("control");
+}
+
+fn log_has(stack: &Stack, needle: &str) -> bool {
+    std::fs::read_to_string(stack.dir.join("proxy.log"))
+        .unwrap_or_default()
+        .contains(needle)
+}
+
+/// A root client holding one keep-alive connection to WireServer: for each `go-N` file it
+/// sends one request tagged `ka-N` and writes the status line to `done-N`.
+fn keep_alive_client(dir: &Path) -> String {
+    format!(
+        "import os,socket,time\n\
+         d='{}'\n\
+         s=socket.create_connection(('168.63.129.16',80),timeout=10)\n\
+         n=0\n\
+         while n < 10:\n\
+         \x20   go=os.path.join(d,'go-%d'%n)\n\
+         \x20   if not os.path.exists(go):\n\
+         \x20       time.sleep(0.05); continue\n\
+         \x20   s.sendall(('GET /?comp=versions HTTP/1.1\\r\\nHost: 168.63.129.16\\r\\nX-Request-Tag: ka-%d\\r\\n\\r\\n'%n).encode())\n\
+         \x20   data=b''\n\
+         \x20   while b'\\r\\n\\r\\n' not in data:\n\
+         \x20       c=s.recv(65536)\n\
+         \x20       if not c: break\n\
+         \x20       data+=c\n\
+         \x20   head,_,body=data.partition(b'\\r\\n\\r\\n')\n\
+         \x20   length=[int(l.split(b':')[1]) for l in head.split(b'\\r\\n') if l.lower().startswith(b'content-length')]\n\
+         \x20   while length and len(body) < length[0]:\n\
+         \x20       body+=s.recv(65536)\n\
+         \x20   open(os.path.join(d,'done-%d'%n),'w').write(head.split(b'\\r\\n')[0].decode())\n\
+         \x20   n+=1\n",
+        dir.display()
+    )
+}
+
+#[test]
+fn secure_channel_cycle() {
+    let Some(mut stack) = Stack::start_full(
+        "secure-channel",
+        &["--control", "{dir}/control.json"],
+        &["--secure-channel", "on", "--secure-channel-poll", "1"],
+    ) else {
+        return;
+    };
+    let dir = stack.dir.clone();
+    let control = dir.join("control.json");
+    let pins = stack.sandbox.pin_dir();
+    // Phase 1: disabled. The status turns every endpoint's mode to disabled: nothing is
+    // redirected any more, and requests go direct, unsigned.
+    eventually("state disabled", || {
+        log_has(&stack, r#""state":"disabled""#)
+    });
+    eventually("empty redirect set", || redirected(&pins) == 0);
+    let direct = stack.curl(
+        None,
+        &format!("{WIRESERVER}/?comp=versions"),
+        &[&tag_header("p1")],
+    );
+    assert_eq!(direct.status, 200);
+    assert_eq!(
+        direct.header("x-ms-azure-host-authorization"),
+        None,
+        "went direct"
+    );
+
+    // Phase 2: wireserver. A key is latched; WireServer and HostGAPlugin are enforced, IMDS
+    // audited: all three redirected, and the stand-in accepts the proxy's signatures.
+    set_state(&control, "wireserver", 0);
+    eventually("state wireserver", || {
+        log_has(&stack, "WireServer Enforce -  IMDS Audit - HostGA Enforce")
+    });
+    eventually("key latched", || log_has(&stack, "key latched"));
+    eventually("three redirected endpoints", || redirected(&pins) == 3);
+    // From now on one client keeps one keep-alive connection through the proxy (a connection
+    // made while nothing was redirected would stay direct: the kernel acts at connect time).
+    let mut ka = Command::new("python3");
+    ka.args(["-c", &keep_alive_client(&dir)])
+        .stdout(Stdio::null());
+    stack.sandbox.spawn(ka, None).expect("keep-alive client");
+    let mut step = 0;
+    let mut keep_alive = |phase: &str| {
+        std::fs::write(dir.join(format!("go-{step}")), "").expect("go");
+        let done = dir.join(format!("done-{step}"));
+        eventually(&format!("keep-alive request in {phase}"), || done.exists());
+        let line = std::fs::read_to_string(&done).expect("done");
+        assert_eq!(line, "HTTP/1.1 200 OK", "keep-alive request in {phase}");
+        step += 1;
+    };
+    keep_alive("wireserver");
+    let signed = stack.curl(
+        None,
+        &format!("{WIRESERVER}/machine/?comp=goalstate"),
+        &[&tag_header("p2")],
+    );
+    assert_eq!(signed.status, 200);
+    let seen = stack.records_tagged("p2");
+    assert_eq!(seen[0].signature, Some(SignatureCheck::Valid), "{seen:?}");
+    assert!(
+        seen[0].header("x-ms-azure-host-date").is_some(),
+        "the host date goes upstream"
+    );
+    let keys: Vec<_> = std::fs::read_dir(dir.join("keys"))
+        .expect("keys dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(keys.len(), 1, "the latched key is stored: {keys:?}");
+
+    // Phase 3: wireserverandimds. IMDS is signed too.
+    set_state(&control, "wireserverandimds", 0);
+    eventually("state wireserverandimds", || {
+        log_has(
+            &stack,
+            "WireServer Enforce -  IMDS Enforce - HostGA Enforce",
+        )
+    });
+    keep_alive("wireserverandimds");
+    let imds = stack.curl(
+        None,
+        &format!("{IMDS}/metadata/instance?api-version=2021-08-01"),
+        &["Metadata: true", &tag_header("p3")],
+    );
+    assert_eq!(imds.status, 200);
+    assert_eq!(
+        stack.records_tagged("p3")[0].signature,
+        Some(SignatureCheck::Valid)
+    );
+
+    // Phase 4: rotation. A new guid: a new key is latched without dropping the keep-alive
+    // connection.
+    let latched_before = std::fs::read_to_string(stack.dir.join("proxy.log"))
+        .unwrap_or_default()
+        .matches("key latched")
+        .count();
+    set_state(&control, "wireserverandimds", 1);
+    eventually("a second key latched", || {
+        std::fs::read_to_string(stack.dir.join("proxy.log"))
+            .unwrap_or_default()
+            .matches("key latched")
+            .count()
+            > latched_before
+    });
+    keep_alive("after rotation");
+    let rotated = stack.curl(
+        None,
+        &format!("{WIRESERVER}/machine/?comp=goalstate"),
+        &[&tag_header("p4")],
+    );
+    assert_eq!(rotated.status, 200);
+    assert_eq!(
+        stack.records_tagged("p4")[0].signature,
+        Some(SignatureCheck::Valid)
+    );
+
+    // Phase 5: disabled again: nothing redirected, the key unlatched.
+    set_state(&control, "disabled", 0);
+    eventually("unlatched", || log_has(&stack, "requests go unsigned"));
+    eventually("empty redirect set again", || redirected(&pins) == 0);
+    keep_alive("disabled again");
+    let keep_alive_records: Vec<_> = stack
+        .records()
+        .into_iter()
+        .filter(|r| {
+            r.header("x-request-tag")
+                .is_some_and(|t| t.starts_with("ka-"))
+        })
+        .collect();
+    assert_eq!(keep_alive_records.len(), 4);
+    let peers: std::collections::BTreeSet<_> =
+        keep_alive_records.iter().map(|r| r.peer.clone()).collect();
+    println!(
+        "secure channel cycle: 4 keep-alive requests through the proxy on one client connection, \
+         upstream peers {peers:?}, signatures {:?}",
+        keep_alive_records
+            .iter()
+            .map(|r| r.signature)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        keep_alive_records[..3]
+            .iter()
+            .all(|r| r.signature == Some(SignatureCheck::Valid)),
+        "signed while the channel was on"
+    );
+}
