@@ -221,3 +221,64 @@ fn secure_channel_cycle() {
         "signed while the channel was on"
     );
 }
+
+/// `fastproxy status --wait` and the Guest Proxy Agent's name for it, as cloud-init runs it:
+/// 0 when provisioning finished, 1 while it has not, 2 when it finished with an error.
+#[test]
+fn status_wait_exit_codes() {
+    // Secure channel on, but WireServer unreachable: never ready; finished with an error
+    // after the provisioning time-out.
+    let Some(stack) = Stack::start_with(
+        "status-codes",
+        &[
+            "--secure-channel",
+            "on",
+            "--endpoint",
+            "wireserver=127.0.0.2:1",
+            "--provision-timeout",
+            "3",
+        ],
+    ) else {
+        return;
+    };
+    let gpa = stack.dir.join("azure-proxy-agent");
+    std::os::unix::fs::symlink(EXE, &gpa).expect("symlink");
+    let run = |program: &Path, args: &[&str]| -> (i32, String) {
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        let (_, out) = stack.sandbox.run(cmd, None).expect("runs");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        )
+    };
+    let (code, text) = run(&gpa, &["--status", "--wait", "1"]);
+    assert_eq!(code, 1, "not finished: {text}");
+    std::thread::sleep(Duration::from_secs(3));
+    let (code, text) = run(Path::new(EXE), &["status", "--wait", "5"]);
+    assert_eq!(code, 2, "finished with an error: {text}");
+    assert!(text.contains("not ready after 3s"), "{text}");
+    let tag = std::fs::read_to_string(stack.dir.join("keys/status.tag")).expect("status.tag");
+    assert!(tag.contains("secure channel key"), "{tag}");
+    drop(stack);
+
+    // A proxy with the channel off is ready at once.
+    let Some(ready) = Stack::start("status-ready") else {
+        return;
+    };
+    let gpa = ready.dir.join("azure-proxy-agent");
+    std::os::unix::fs::symlink(EXE, &gpa).expect("symlink");
+    let mut cmd = Command::new(&gpa);
+    cmd.args(["--status", "--wait", "5"]);
+    let (_, out) = ready.sandbox.run(cmd, None).expect("runs");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        std::fs::read_to_string(ready.dir.join("keys/status.tag")).expect("tag"),
+        ""
+    );
+}

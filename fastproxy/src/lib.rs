@@ -13,6 +13,7 @@ pub mod identity;
 pub mod keykeeper;
 pub mod policy;
 pub mod signing;
+pub mod status;
 pub mod upstream;
 
 #[cfg(feature = "runtime")]

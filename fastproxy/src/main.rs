@@ -20,6 +20,7 @@ use fastproxy::keykeeper::{
 };
 use fastproxy::proxy::{RuntimeKind, Shared};
 use fastproxy::redirect::{self, RedirectSettings};
+use fastproxy::status::Provisioning;
 use fastproxy::sys::{caps, has_capability};
 use fastproxy::telemetry::{self, LogFormat};
 use fastproxy::upstream::EndpointKind;
@@ -47,6 +48,16 @@ enum Command {
     /// Attach the kernel programs, or replace the running ones in place, and exit. The
     /// redirect stays (pinned): connects are refused until a proxy listens.
     Attach(RedirectArgs),
+    /// Report provisioning: exit 0 when finished, 2 when finished with an error (printed), 1
+    /// when not finished within --wait seconds. Also answers as `azure-proxy-agent --status`.
+    Status {
+        /// Seconds to wait for provisioning to finish.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+        /// The proxy's listening address.
+        #[arg(long, default_value_t = DEFAULT_LISTEN)]
+        listen: SocketAddrV4,
+    },
     /// Break-glass: remove the pinned programs and maps; connects go direct again.
     Detach {
         /// Directory in a bpf file system holding fastproxy's pins.
@@ -126,6 +137,9 @@ struct RunArgs {
     /// off (the --mode flags then stay in force).
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     secure_channel: String,
+    /// Seconds within which provisioning must finish (else it finishes with an error).
+    #[arg(long, default_value_t = 120)]
+    provision_timeout: u64,
     /// Seconds between secure-channel status polls once the state is known.
     #[arg(long, default_value_t = 15)]
     secure_channel_poll: u64,
@@ -197,11 +211,22 @@ fn redirect_settings(settings: &ProxySettings) -> RedirectSettings {
 }
 
 fn main() -> ExitCode {
+    // Installed (or linked) as `azure-proxy-agent`, answer the Guest Proxy Agent's
+    // `--status [--wait N]`, which cloud-init runs during provisioning.
+    let invoked_as = std::env::args_os().next().and_then(|a| {
+        PathBuf::from(a)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+    });
+    if invoked_as.as_deref() == Some("azure-proxy-agent") {
+        return gpa_compatible_status();
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Attach(args) => attach_only(&args),
         Command::Detach { bpffs_dir } => detach(&bpffs_dir),
+        Command::Status { wait, listen } => return ExitCode::from(status(wait, listen)),
         Command::Demo => fastproxy::demo::run_demo(),
         Command::Standin(args) => args.run(),
     };
@@ -236,7 +261,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let shared = Shared {
         endpoints: Arc::new(ArcSwap::from_pointee(configured.clone())),
         channel: Arc::new(ChannelState::default()),
+        provisioning: Arc::new(Provisioning::new(Duration::from_secs(
+            args.provision_timeout,
+        ))),
     };
+    let channel_on = args.secure_channel == "on";
     let (modes_tx, modes_rx) = std::sync::mpsc::channel();
     let stop_keeper = Arc::new(AtomicBool::new(false));
     let keeper = if args.secure_channel == "on" {
@@ -286,9 +315,24 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         shared.endpoints.store(Arc::new(table));
     };
+    let keys_dir = args.keys_dir.clone();
     wait_for_shutdown_signal(|| {
         while let Ok(modes) = modes_rx.try_recv() {
             apply_modes(modes, &mut redirect);
+        }
+        // Ready: redirect loaded and listeners up (both done by now), and a key latched or
+        // the channel disabled or off.
+        let key_ready = !channel_on
+            || shared.channel.key.load().is_some()
+            || shared.channel.modes.load().as_deref() == Some(&Modes::DISABLED);
+        if let Some(done) = shared
+            .provisioning
+            .update(key_ready, "secure channel key not latched")
+        {
+            info!(error = %done.error_message, "provisioning finished");
+            if let Err(e) = fastproxy::status::write_tags(&keys_dir, &done) {
+                warn!(error = %e, "writing the tag files");
+            }
         }
     })?;
     stop_keeper.store(true, Ordering::Relaxed);
@@ -355,5 +399,78 @@ fn wait_for_shutdown_signal(mut tick: impl FnMut()) -> anyhow::Result<()> {
                 _ = every.tick() => tick(),
             }
         }
+    })
+}
+
+/// `azure-proxy-agent --status [--wait SECONDS]`.
+fn gpa_compatible_status() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--status") {
+        eprintln!("azure-proxy-agent (fastproxy): only --status [--wait SECONDS] is supported under this name");
+        return ExitCode::FAILURE;
+    }
+    let wait = args
+        .iter()
+        .position(|a| a == "--wait")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(0);
+    ExitCode::from(status(wait, DEFAULT_LISTEN))
+}
+
+/// Poll `GET /provision` until it is finished or `wait` seconds pass; the exit code of
+/// SPEC-GPA.md section 7.
+fn status(wait: u64, listen: SocketAddrV4) -> u8 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(wait);
+    loop {
+        let provision = fetch_provision(listen);
+        let code = fastproxy::status::exit_code(provision.as_ref());
+        if code != 1 || std::time::Instant::now() >= deadline {
+            match &provision {
+                Some(p) if p.finished && p.error_message.is_empty() => {
+                    println!("provisioning finished")
+                }
+                Some(p) if p.finished => {
+                    println!("provisioning finished with an error: {}", p.error_message)
+                }
+                Some(_) => println!("provisioning not finished"),
+                None => {
+                    println!("provisioning not finished: fastproxy does not answer on {listen}")
+                }
+            }
+            return u8::try_from(code).unwrap_or(1);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn fetch_provision(listen: SocketAddrV4) -> Option<fastproxy::status::Provision> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::V4(listen),
+        Duration::from_secs(2),
+    )
+    .ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let request = format!(
+        "GET /provision HTTP/1.1\r\nHost: {listen}\r\nMetadata: True\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let body = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| &raw[i + 4..])?;
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Answer {
+        finished: bool,
+        error_message: String,
+    }
+    let answer: Answer = serde_json::from_slice(body).ok()?;
+    Some(fastproxy::status::Provision {
+        finished: answer.finished,
+        error_message: answer.error_message,
     })
 }

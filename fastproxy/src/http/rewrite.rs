@@ -113,6 +113,17 @@ pub fn write_local_response(out: &mut Vec<u8>, status: u16, extra: &[(&str, &str
     out.extend_from_slice(body.as_bytes());
 }
 
+/// A JSON answer the proxy makes itself (its local paths), closing the connection.
+pub fn write_local_json(out: &mut Vec<u8>, status: u16, body: &str) {
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        reason_phrase(status),
+        body.len()
+    );
+    out.extend_from_slice(body.as_bytes());
+}
+
 fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");

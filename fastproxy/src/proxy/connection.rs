@@ -44,6 +44,7 @@ use arc_swap::ArcSwap;
 pub struct Shared {
     pub endpoints: Arc<ArcSwap<EndpointTable>>,
     pub channel: Arc<ChannelState>,
+    pub provisioning: Arc<crate::status::Provisioning>,
 }
 
 /// Largest single read of a body.
@@ -62,6 +63,8 @@ pub(crate) struct WorkerCtx<S> {
     endpoints: Arc<ArcSwap<EndpointTable>>,
     /// The latched key and the host clock.
     channel: Arc<ChannelState>,
+    /// Provisioning state, served as `GET /provision`.
+    provisioning: Arc<crate::status::Provisioning>,
     /// The date header of the current second, made once per second per core.
     date: RefCell<(u64, String)>,
     local: SocketAddrV4,
@@ -178,6 +181,7 @@ impl<S> WorkerCtx<S> {
             limits,
             endpoints: Arc::clone(&shared.endpoints),
             channel: Arc::clone(&shared.channel),
+            provisioning: Arc::clone(&shared.provisioning),
             date: RefCell::new((0, String::new())),
             local,
             pool: RefCell::new(Vec::new()),
@@ -271,11 +275,19 @@ struct Plan {
     decision: Option<Decision>,
     /// Set when the request is refused before anything is forwarded.
     refusal: Option<ProxyError>,
+    /// A request for the proxy itself (SPEC-GPA.md section 7), answered locally.
+    local: Option<LocalRoute>,
     /// The request is signed: its whole body is read before the head goes upstream.
     signed_pending: bool,
     /// Largest body this request may carry (100 KB, or 100 MB for skip-signature requests).
     body_limit: u64,
     started: Instant,
+}
+
+/// Paths the proxy answers itself, on connections made to it directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LocalRoute {
+    Provision,
 }
 
 /// Body limits (SPEC-GPA.md section 3): skip-signature requests may carry 100 MB.
@@ -466,6 +478,15 @@ impl<S: ProxyStream> Connection<S> {
                 }
             };
             first = false;
+            if let Some(LocalRoute::Provision) = plan.local {
+                let body = crate::status::provision_json(&self.ctx.provisioning.get());
+                self.out.clear();
+                crate::http::rewrite::write_local_json(&mut self.out, 200, &body);
+                let _ = write_all(&self.client, &mut self.out).await;
+                self.log(&plan, 200, None);
+                self.abort();
+                return;
+            }
             if let Some(refusal) = plan.refusal.take() {
                 // Refused before anything was forwarded.
                 let (status, _) = to_response(&refusal);
@@ -569,12 +590,21 @@ impl<S: ProxyStream> Connection<S> {
             endpoint: None,
             decision: None,
             refusal: None,
+            local: None,
             signed_pending: false,
             body_limit: BODY_LIMIT,
             started: Instant::now(),
         };
         let Some(caller) = self.caller else {
-            plan.refusal = Some(ProxyError::NoCallerRecord);
+            // Connections made to the proxy directly may only ask for its local paths.
+            if head.method == "GET" && head.path() == "/provision" {
+                if head.field("metadata").is_none() {
+                    return Err(HttpError::Malformed("the Metadata header is required").into());
+                }
+                plan.local = Some(LocalRoute::Provision);
+            } else {
+                plan.refusal = Some(ProxyError::NoCallerRecord);
+            }
             return Ok(Some(plan));
         };
         let endpoints = self.ctx.endpoints.load();
