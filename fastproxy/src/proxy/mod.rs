@@ -145,7 +145,9 @@ pub fn start(
                 RuntimeKind::IoUring => {
                     uring_worker(listener, settings, lookup, limits, shared, stop, grace)
                 }
-                RuntimeKind::Tokio => tokio_worker(listener, settings, lookup, limits, shared, stop, grace),
+                RuntimeKind::Tokio => {
+                    tokio_worker(listener, settings, lookup, limits, shared, stop, grace)
+                }
             })
             .map_err(ProxyStartError::Thread)?;
         handles.push(handle);

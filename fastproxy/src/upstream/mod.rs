@@ -145,7 +145,12 @@ impl EndpointTable {
     }
 
     /// The same endpoints with the modes of a secure-channel status.
-    pub fn with_modes(&self, wireserver: EndpointMode, hostga: EndpointMode, imds: EndpointMode) -> EndpointTable {
+    pub fn with_modes(
+        &self,
+        wireserver: EndpointMode,
+        hostga: EndpointMode,
+        imds: EndpointMode,
+    ) -> EndpointTable {
         let mut table = self.clone();
         table.set_mode(EndpointKind::WireServer, wireserver);
         table.set_mode(EndpointKind::HostGaPlugin, hostga);
