@@ -10,6 +10,7 @@ use std::process::Command;
 
 use fastproxy::demo::NOBODY;
 use fastproxy_standin::Endpoint;
+use serde_json::Value;
 use support::*;
 
 #[test]
@@ -52,6 +53,29 @@ fn root_reaches_wireserver_with_root_claims_and_caller_identity() {
     assert_eq!(entry["caller_pid"], res.pid, "pid of curl");
     assert_eq!(entry["caller_uid"], 0);
     assert_eq!(entry["caller_comm"], "curl");
+    // Enriched lazily from /proc and NSS, guarded by the recorded start time.
+    assert!(
+        entry["caller_exe"]
+            .as_str()
+            .is_some_and(|e| e.ends_with("/curl")),
+        "{entry}"
+    );
+    assert_eq!(entry["caller_user"], "root");
+    // The first request of a (user, client, destination, process, status) key in a
+    // 15-minute bucket is reported once as a connection summary.
+    let log = std::fs::read_to_string(stack.dir.join("proxy.log")).expect("log");
+    let summary = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["target"] == "fastproxy::summary")
+        .expect("a connection summary event");
+    assert_eq!(summary["user"], "root");
+    assert!(
+        summary["cmdline"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("curl ")),
+        "{summary}"
+    );
     assert_eq!(entry["status"], 200);
     assert_eq!(entry["decision"], "allow");
 }

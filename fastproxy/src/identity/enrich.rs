@@ -14,7 +14,7 @@ use std::io;
 use std::rc::Rc;
 
 /// What /proc says about a calling process.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ProcessFacts {
     /// Full path of the executable (`/proc/PID/exe`).
     pub exe_path: String,
@@ -25,7 +25,7 @@ pub struct ProcessFacts {
 }
 
 /// What NSS says about a uid.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UserFacts {
     pub name: Option<String>,
     pub groups: Vec<String>,

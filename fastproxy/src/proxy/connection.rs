@@ -29,12 +29,14 @@ use crate::http::rewrite::{
     forwarded_request_fields, write_client_response, write_local_response, write_upstream_request,
 };
 use crate::http::{parse_request, parse_response, BodyKind, ChunkedDecoder, HttpError};
+use crate::identity::enrich::Enricher;
 use crate::identity::kernel::CallerLookup;
 use crate::identity::CallerRecord;
 use crate::keykeeper::keeper::ChannelState;
 use crate::policy::{self, Decision};
 use crate::signing::{string_to_sign, SigningKey};
-use crate::telemetry::{error_chain, ACCESS_TARGET};
+use crate::telemetry::summary::{Summaries, SummaryKey};
+use crate::telemetry::{error_chain, ACCESS_TARGET, SUMMARY_TARGET};
 use crate::upstream::connect::ConnectError;
 use crate::upstream::{EndpointTable, GuardedEndpoint};
 use arc_swap::ArcSwap;
@@ -65,6 +67,10 @@ pub(crate) struct WorkerCtx<S> {
     channel: Arc<ChannelState>,
     /// Provisioning state, served as `GET /provision`.
     provisioning: Arc<crate::status::Provisioning>,
+    /// Caller facts from /proc and NSS, cached per core.
+    enricher: RefCell<Enricher>,
+    /// Connection summaries of this core.
+    summaries: RefCell<Summaries>,
     /// The date header of the current second, made once per second per core.
     date: RefCell<(u64, String)>,
     local: SocketAddrV4,
@@ -182,6 +188,8 @@ impl<S> WorkerCtx<S> {
             endpoints: Arc::clone(&shared.endpoints),
             channel: Arc::clone(&shared.channel),
             provisioning: Arc::clone(&shared.provisioning),
+            enricher: RefCell::new(Enricher::default()),
+            summaries: RefCell::new(Summaries::default()),
             date: RefCell::new((0, String::new())),
             local,
             pool: RefCell::new(Vec::new()),
@@ -1161,9 +1169,50 @@ impl<S: ProxyStream> Connection<S> {
             None => ("none", "-"),
         };
         let c = self.caller.unwrap_or_default();
+        let (process, user) = match self.caller {
+            Some(caller) => {
+                let mut enricher = self.ctx.enricher.borrow_mut();
+                (
+                    enricher.process(caller.tgid, caller.start_boottime_ns).ok(),
+                    Some(enricher.user(caller.uid, caller.gid)),
+                )
+            }
+            None => (None, None),
+        };
+        if let (Some(caller), Some(endpoint)) = (self.caller, plan.endpoint) {
+            let key = SummaryKey {
+                user: user.clone(),
+                client_ip: *self.peer.ip(),
+                destination: endpoint.addr,
+                process: process.clone(),
+                status,
+            };
+            let now = self
+                .ctx
+                .channel
+                .clock
+                .now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            if self.ctx.summaries.borrow_mut().record(key, now) {
+                info!(
+                    target: SUMMARY_TARGET,
+                    user = user.as_ref().and_then(|u| u.name.as_deref()).unwrap_or("?"),
+                    uid = caller.uid,
+                    client_ip = %self.peer.ip(),
+                    destination = %endpoint.addr,
+                    exe_path = process.as_ref().map_or("?", |p| p.exe_path.as_str()),
+                    cmdline = process.as_ref().map_or(String::new(), |p| p.args.join(" ")),
+                    status,
+                    "new connection summary bucket"
+                );
+            }
+        }
         info!(
             target: ACCESS_TARGET,
             peer = %self.peer,
+            caller_user = user.as_ref().and_then(|u| u.name.as_deref()).unwrap_or("?"),
+            caller_exe = process.as_ref().map_or("?", |p| p.exe_path.as_str()),
             caller_pid = c.tgid,
             caller_tid = c.pid,
             caller_uid = c.uid,

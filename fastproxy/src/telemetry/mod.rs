@@ -1,10 +1,14 @@
 //! Logging: tracing to stderr, as text for people or JSON lines for machines, and the access
 //! log (one event per request, target `fastproxy::access`).
 
+pub mod summary;
+
 use tracing_subscriber::EnvFilter;
 
 /// The tracing target of access-log events.
 pub const ACCESS_TARGET: &str = "fastproxy::access";
+/// The tracing target of connection-summary events (one per key and 15-minute bucket).
+pub const SUMMARY_TARGET: &str = "fastproxy::summary";
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
