@@ -86,14 +86,21 @@ pub(crate) fn validate_rules<'a>(
             if blank(key) || blank(value) {
                 return Err(err(field(), "empty key or value".into()));
             }
-            if key.bytes().chain(value.bytes()).any(|b| b < 0x20 || b == 0x7f) {
+            if key
+                .bytes()
+                .chain(value.bytes())
+                .any(|b| b < 0x20 || b == 0x7f)
+            {
                 return Err(err(field(), "control character".into()));
             }
             // Keys match case-insensitively, so two spellings of one key must agree.
             let lower = key.to_ascii_lowercase();
             if let Some(other) = keys.insert(lower, value) {
                 if !other.eq_ignore_ascii_case(value) {
-                    return Err(err(field(), "the key is given twice with other values".into()));
+                    return Err(err(
+                        field(),
+                        "the key is given twice with other values".into(),
+                    ));
                 }
             }
         }
@@ -136,8 +143,16 @@ pub(crate) fn validate_rules<'a>(
                 format!("duplicate identity {:?}", id.name),
             ));
         }
-        let fields = [&id.user_name, &id.group_name, &id.exe_path, &id.process_name];
-        if !fields.iter().any(|f| f.as_deref().is_some_and(|v| !blank(v))) {
+        let fields = [
+            &id.user_name,
+            &id.group_name,
+            &id.exe_path,
+            &id.process_name,
+        ];
+        if !fields
+            .iter()
+            .any(|f| f.as_deref().is_some_and(|v| !blank(v)))
+        {
             // It would match every caller: surely not what its author meant.
             return Err(err(
                 format!("identities[{i}] {:?}", id.name),
@@ -172,6 +187,13 @@ pub(crate) fn validate_rules<'a>(
     Ok(index)
 }
 
+/// A query key a privilege requires, with its value; both lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct QueryRequirement {
+    pub(crate) key: Box<[u8]>,
+    pub(crate) value: Box<[u8]>,
+}
+
 /// One privilege, ready to match a canonical request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrivilegeMatcher {
@@ -180,8 +202,8 @@ pub struct PrivilegeMatcher {
     pub(crate) rule_path: String,
     /// Canonical: lower-cased, dot segments resolved, no trailing `/` (root is empty).
     pub(crate) path: Box<[u8]>,
-    /// Required (key, value), lower-cased.
-    pub(crate) query: Box<[(Box<[u8]>, Box<[u8]>)]>,
+    /// Required query pairs, lower-cased.
+    pub(crate) query: Box<[QueryRequirement]>,
     /// Indices into `CompiledRules::identities`, deduplicated.
     pub(crate) grants: Box<[u32]>,
 }
@@ -256,7 +278,12 @@ impl CompiledRules {
             .flatten()
             .map(|id| {
                 let field = |f: &Option<String>| f.as_deref().map(Box::from);
-                let all = [&id.user_name, &id.group_name, &id.exe_path, &id.process_name];
+                let all = [
+                    &id.user_name,
+                    &id.group_name,
+                    &id.exe_path,
+                    &id.process_name,
+                ];
                 IdentityMatcher {
                     name: id.name.clone(),
                     user_name: field(&id.user_name),
@@ -272,7 +299,11 @@ impl CompiledRules {
         let mut position: HashMap<usize, usize> = HashMap::new();
         let mut grants: Vec<Vec<u32>> = Vec::new();
         for assignment in rules.role_assignments.iter().flatten() {
-            let Some(role) = index.roles.get(assignment.role.as_str()).map(|&r| &roles[r]) else {
+            let Some(role) = index
+                .roles
+                .get(assignment.role.as_str())
+                .map(|&r| &roles[r])
+            else {
                 continue; // validated above
             };
             let identities: Vec<u32> = assignment
@@ -307,11 +338,9 @@ impl CompiledRules {
                 .query_parameters
                 .iter()
                 .flatten()
-                .map(|(k, v)| {
-                    (
-                        k.to_ascii_lowercase().into_bytes().into_boxed_slice(),
-                        v.to_ascii_lowercase().into_bytes().into_boxed_slice(),
-                    )
+                .map(|(k, v)| QueryRequirement {
+                    key: k.to_ascii_lowercase().into_bytes().into_boxed_slice(),
+                    value: v.to_ascii_lowercase().into_bytes().into_boxed_slice(),
                 })
                 .collect();
             compiled.privileges.push(PrivilegeMatcher {
@@ -549,7 +578,10 @@ mod tests {
         }
         it.default_access = "open".into();
         let err = CompiledRules::compile("imds", &it).expect_err("open");
-        assert_eq!(err.to_string(), "imds: defaultAccess: \"open\" is neither allow nor deny");
+        assert_eq!(
+            err.to_string(),
+            "imds: defaultAccess: \"open\" is neither allow nor deny"
+        );
     }
 
     #[test]
@@ -580,8 +612,14 @@ mod tests {
         );
         let p = &compiled.privileges()[0];
         assert_eq!(p.query.len(), 1);
-        assert_eq!((&p.query[0].0[..], &p.query[0].1[..]), (&b"resource"[..], &b"https://x"[..]));
-        assert!(compiled.identities()[2].never, "an empty userName never matches");
+        assert_eq!(
+            (&p.query[0].key[..], &p.query[0].value[..]),
+            (&b"resource"[..], &b"https://x"[..])
+        );
+        assert!(
+            compiled.identities()[2].never,
+            "an empty userName never matches"
+        );
         assert!(!compiled.identities()[0].never);
     }
 
@@ -597,7 +635,12 @@ mod tests {
         assert_eq!(policy.mode(EndpointKind::HostGaPlugin), EndpointMode::Audit);
         assert_eq!(policy.mode(EndpointKind::Imds), EndpointMode::Disabled);
         assert!(policy.active_rules(EndpointKind::Imds).is_none());
-        assert_eq!(policy.rules(EndpointKind::HostGaPlugin).map(CompiledRules::id), Some("w"));
+        assert_eq!(
+            policy
+                .rules(EndpointKind::HostGaPlugin)
+                .map(CompiledRules::id),
+            Some("w")
+        );
         let empty = CompiledPolicy::builtin_only();
         assert_eq!(empty.mode(EndpointKind::WireServer), EndpointMode::Disabled);
         let bad = AuthorizationRules::from_json(

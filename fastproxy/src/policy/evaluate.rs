@@ -274,7 +274,9 @@ enum Hit {
     Grantable,
     /// Counts as matched but can grant nothing: the path goes on inside the privilege's last
     /// segment (`partial_segment`), or a required query key is ambiguous.
-    DenyOnly { partial_segment: bool },
+    DenyOnly {
+        partial_segment: bool,
+    },
 }
 
 impl PrivilegeMatcher {
@@ -286,8 +288,8 @@ impl PrivilegeMatcher {
         }
         let whole_segments = path.len() == prefix.len() || path[prefix.len()] == b'/';
         let mut ambiguous = false;
-        for (key, value) in self.query.iter() {
-            match request.query_match(key, value) {
+        for required in self.query.iter() {
+            match request.query_match(&required.key, &required.value) {
                 QueryMatch::Equal => {}
                 QueryMatch::Ambiguous => ambiguous = true,
                 QueryMatch::Absent => return Hit::Miss,

@@ -2,11 +2,11 @@
 //!
 //! Two layers. The built-in rules of SPEC-GPA.md section 5 (WireServer and HostGAPlugin are
 //! root-only in every mode because they hand out the VM's secrets; IMDS is open to every local
-//! caller) need only the kernel record: [`evaluate`](fn@evaluate). The Guest Proxy Agent's advanced rules
-//! (privileges, roles, identities, role assignments, `defaultAccess`, per-endpoint modes, local
-//! rule files) are parsed in [`model`], validated and compiled once per change in [`compile`],
-//! and evaluated per request in [`evaluate`](mod@evaluate) over the canonical form of the
-//! request ([`canonical`]); [`authorize`] runs both layers.
+//! caller) need only the kernel record: [`evaluate`](fn@evaluate). The Guest Proxy Agent's
+//! advanced rules (privileges, roles, identities, role assignments, `defaultAccess`,
+//! per-endpoint modes, local rule files) are parsed in [`model`], validated and compiled once
+//! per change in [`compile`], and evaluated per request in [`evaluate`](mod@evaluate) over the
+//! canonical form of the request ([`canonical`]); [`authorize`] runs both layers.
 //!
 //! Trade-off: everything here is pure (no I/O, no runtime), so the proxy, `rules explain`, the
 //! benches and the fuzzers share one implementation; caller facts that cost a /proc or NSS read

@@ -388,12 +388,18 @@ mod tests {
     fn parses_the_spec_shape_in_camel_case() {
         let item = AuthorizationItem::from_json(FULL_ITEM).expect("parses");
         assert_eq!(item.mode(), EndpointMode::Enforce);
-        assert_eq!(DefaultAccess::parse(&item.default_access), Some(DefaultAccess::Deny));
+        assert_eq!(
+            DefaultAccess::parse(&item.default_access),
+            Some(DefaultAccess::Deny)
+        );
         let rules = item.rules.expect("rules");
         let p = &rules.privileges.expect("privileges")[0];
         assert_eq!(p.path, "/metadata/identity/oauth2/token");
         assert_eq!(
-            p.query_parameters.as_ref().and_then(|q| q.get("resource")).map(String::as_str),
+            p.query_parameters
+                .as_ref()
+                .and_then(|q| q.get("resource"))
+                .map(String::as_str),
             Some("https://management.azure.com")
         );
         let i = &rules.identities.expect("identities")[0];
@@ -405,7 +411,10 @@ mod tests {
             (i.exe_path.as_deref(), i.process_name.as_deref()),
             (Some("/usr/bin/svc"), Some("svc"))
         );
-        assert_eq!(rules.role_assignments.expect("assignments")[0].role, "reader");
+        assert_eq!(
+            rules.role_assignments.expect("assignments")[0].role,
+            "reader"
+        );
     }
 
     #[test]
@@ -446,13 +455,26 @@ mod tests {
 
     #[test]
     fn v2_rules_object_and_hostga_follows_wireserver() {
-        let text = format!(r#"{{"imds": {FULL_ITEM}, "wireserver": {{"defaultAccess": "allow", "mode": "audit", "id": "w"}}, "hostga": {{"defaultAccess": "deny", "mode": "enforce", "id": "h"}}}}"#);
+        let text = format!(
+            r#"{{"imds": {FULL_ITEM}, "wireserver": {{"defaultAccess": "allow", "mode": "audit", "id": "w"}}, "hostga": {{"defaultAccess": "deny", "mode": "enforce", "id": "h"}}}}"#
+        );
         let rules = AuthorizationRules::from_json(&text).expect("parses");
-        assert_eq!(rules.item(EndpointKind::Imds).map(|i| i.id.as_str()), Some("abc"));
-        assert_eq!(rules.item(EndpointKind::HostGaPlugin).map(|i| i.id.as_str()), Some("w"));
+        assert_eq!(
+            rules.item(EndpointKind::Imds).map(|i| i.id.as_str()),
+            Some("abc")
+        );
+        assert_eq!(
+            rules
+                .item(EndpointKind::HostGaPlugin)
+                .map(|i| i.id.as_str()),
+            Some("w")
+        );
         let value: serde_json::Value = serde_json::from_str(&text).expect("json");
         assert_eq!(AuthorizationRules::from_value(value), Ok(rules));
-        assert_eq!(AuthorizationRules::from_json("{}"), Ok(AuthorizationRules::default()));
+        assert_eq!(
+            AuthorizationRules::from_json("{}"),
+            Ok(AuthorizationRules::default())
+        );
     }
 
     #[test]
@@ -522,7 +544,10 @@ mod tests {
                 local_id: Some("local-7".to_owned())
             }
         );
-        assert_eq!(item.default_access, "deny", "the local defaultAccess overrides");
+        assert_eq!(
+            item.default_access, "deny",
+            "the local defaultAccess overrides"
+        );
         assert_eq!(item.mode, "enforce", "the remote mode stays");
         let rules = item.rules.expect("rules");
         let names = |v: Option<Vec<Privilege>>| -> Vec<String> {
@@ -573,8 +598,14 @@ mod tests {
         let cases: &[(LocalFile<'_>, &str)] = &[
             (LocalFile::Unreadable("permission denied"), "file"),
             (LocalFile::Contents(""), "json"),
-            (LocalFile::Contents(r#"{"rules": {"privileges": [{"name": "p"}]}}"#), "json"),
-            (LocalFile::Contents(r#"{"defaultAccess": "maybe"}"#), "defaultAccess"),
+            (
+                LocalFile::Contents(r#"{"rules": {"privileges": [{"name": "p"}]}}"#),
+                "json",
+            ),
+            (
+                LocalFile::Contents(r#"{"defaultAccess": "maybe"}"#),
+                "defaultAccess",
+            ),
             (LocalFile::Contents(r#"{"id": " "}"#), "id"),
             (
                 LocalFile::Contents(
@@ -583,9 +614,7 @@ mod tests {
                 "roleAssignments[0].role",
             ),
             (
-                LocalFile::Contents(
-                    r#"{"rules": {"identities": [{"name": "nobody"}]}}"#,
-                ),
+                LocalFile::Contents(r#"{"rules": {"identities": [{"name": "nobody"}]}}"#),
                 "identities[0] \"nobody\"",
             ),
         ];
