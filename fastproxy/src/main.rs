@@ -18,6 +18,8 @@ use fastproxy::keykeeper::{
     keeper::{ChannelState, KeeperSettings},
     status::Modes,
 };
+use fastproxy::policy::source::{fail_closed, Fingerprint, PolicySources};
+use fastproxy::policy::CompiledPolicy;
 use fastproxy::proxy::{RuntimeKind, Shared};
 use fastproxy::redirect::{self, RedirectSettings};
 use fastproxy::status::Provisioning;
@@ -137,6 +139,14 @@ struct RunArgs {
     /// off (the --mode flags then stay in force).
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     secure_channel: String,
+    /// fastproxy's policy file (the authorizationRules JSON of docs/POLICY.md); when given,
+    /// it replaces the rules the secure channel delivers. Reloaded on change and on SIGHUP.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Directory of the Guest Proxy Agent's local rule files (WireServer_Rules.json,
+    /// IMDS_Rules.json), merged as GPA merges them.
+    #[arg(long, default_value = "/var/lib/azure-proxy-agent/rules")]
+    local_rules_dir: PathBuf,
     /// Seconds within which provisioning must finish (else it finishes with an error).
     #[arg(long, default_value_t = 120)]
     provision_timeout: u64,
@@ -264,7 +274,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         provisioning: Arc::new(Provisioning::new(Duration::from_secs(
             args.provision_timeout,
         ))),
+        policy: Arc::new(ArcSwap::from_pointee(CompiledPolicy::builtin_only())),
     };
+    let sources = PolicySources {
+        policy_file: args.policy.clone(),
+        local_rules_dir: args.local_rules_dir.clone(),
+    };
+    let mut policy_loader = PolicyLoader::new(sources);
+    policy_loader.reload(&shared, None, true);
     let channel_on = args.secure_channel == "on";
     let (modes_tx, modes_rx) = std::sync::mpsc::channel();
     let stop_keeper = Arc::new(AtomicBool::new(false));
@@ -316,10 +333,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         shared.endpoints.store(Arc::new(table));
     };
     let keys_dir = args.keys_dir.clone();
-    wait_for_shutdown_signal(|| {
+    wait_for_shutdown_signal(|hangup| {
         while let Ok(modes) = modes_rx.try_recv() {
             apply_modes(modes, &mut redirect);
         }
+        let remote = shared.channel.rules.load_full();
+        policy_loader.reload(&shared, remote.as_deref(), hangup);
         // Ready: redirect loaded and listeners up (both done by now), and a key latched or
         // the channel disabled or off.
         let key_ready = !channel_on
@@ -383,23 +402,74 @@ fn detach(pin_dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Wait for SIGTERM or SIGINT, calling `tick` every 100 ms meanwhile.
-fn wait_for_shutdown_signal(mut tick: impl FnMut()) -> anyhow::Result<()> {
+/// Wait for SIGTERM or SIGINT, calling `tick` every 100 ms meanwhile (with `true` right after
+/// a SIGHUP).
+fn wait_for_shutdown_signal(mut tick: impl FnMut(bool)) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("building the signal runtime")?;
     rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
         let mut every = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
                 _ = term.recv() => return Ok(()),
                 r = tokio::signal::ctrl_c() => return r.map_err(Into::into),
-                _ = every.tick() => tick(),
+                _ = hup.recv() => tick(true),
+                _ = every.tick() => tick(false),
             }
         }
     })
+}
+
+/// Rebuilds the policy when its sources change (checked once a second) or on SIGHUP.
+struct PolicyLoader {
+    sources: PolicySources,
+    seen: Option<Fingerprint>,
+    checked: std::time::Instant,
+    loaded_once: bool,
+}
+
+impl PolicyLoader {
+    fn new(sources: PolicySources) -> Self {
+        PolicyLoader {
+            sources,
+            seen: None,
+            checked: std::time::Instant::now(),
+            loaded_once: false,
+        }
+    }
+
+    fn reload(&mut self, shared: &Shared, remote: Option<&serde_json::Value>, force: bool) {
+        if !force && self.checked.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.checked = std::time::Instant::now();
+        let now = self.sources.fingerprint(remote);
+        if !force && self.seen.as_ref() == Some(&now) {
+            return;
+        }
+        self.seen = Some(now);
+        match self.sources.build(remote) {
+            Ok(policy) => {
+                info!(advanced_rules = policy.is_some(), "policy loaded");
+                shared.policy.store(Arc::new(
+                    policy.unwrap_or_else(CompiledPolicy::builtin_only),
+                ));
+                self.loaded_once = true;
+            }
+            Err(e) if self.loaded_once => {
+                warn!(error = %e, "invalid policy: keeping the previous one");
+            }
+            Err(e) => {
+                warn!(error = %e, "invalid policy and none before it: the rules deny everything");
+                shared.policy.store(Arc::new(fail_closed(&e.to_string())));
+            }
+        }
+    }
 }
 
 /// `azure-proxy-agent --status [--wait SECONDS]`.

@@ -44,6 +44,8 @@ pub struct ChannelState {
     pub key: ArcSwapOption<SigningKey>,
     /// The modes of the last status; `None` before the first answer ("Unknown").
     pub modes: ArcSwapOption<Modes>,
+    /// The authorization rules of the last v2.0 status, as delivered.
+    pub rules: ArcSwapOption<serde_json::Value>,
     pub clock: HostClock,
     /// The last thing worth telling an operator (for status reporting).
     pub message: Mutex<String>,
@@ -187,6 +189,10 @@ impl Keeper {
             self.state.key.store(None);
         }
         self.state.modes.store(Some(Arc::new(modes)));
+        let rules = status.authorization_rules.clone().filter(|r| !r.is_null());
+        if rules.as_ref() != self.state.rules.load().as_deref() {
+            self.state.rules.store(rules.map(Arc::new));
+        }
         self.state
             .say(format!("secure channel: {}", modes.state_text()));
         Ok(modes)

@@ -21,6 +21,7 @@ pub mod compile;
 pub mod enriched;
 pub mod evaluate;
 pub mod model;
+pub mod source;
 #[cfg(test)]
 mod tests;
 

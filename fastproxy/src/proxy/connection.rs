@@ -33,6 +33,7 @@ use crate::identity::enrich::Enricher;
 use crate::identity::kernel::CallerLookup;
 use crate::identity::CallerRecord;
 use crate::keykeeper::keeper::ChannelState;
+use crate::policy::enriched::EnrichedCaller;
 use crate::policy::{self, Decision};
 use crate::signing::{string_to_sign, SigningKey};
 use crate::telemetry::summary::{Summaries, SummaryKey};
@@ -47,6 +48,8 @@ pub struct Shared {
     pub endpoints: Arc<ArcSwap<EndpointTable>>,
     pub channel: Arc<ChannelState>,
     pub provisioning: Arc<crate::status::Provisioning>,
+    /// The compiled advanced rules now in force (swapped on reload).
+    pub policy: Arc<ArcSwap<crate::policy::CompiledPolicy>>,
 }
 
 /// Largest single read of a body.
@@ -67,6 +70,8 @@ pub(crate) struct WorkerCtx<S> {
     channel: Arc<ChannelState>,
     /// Provisioning state, served as `GET /provision`.
     provisioning: Arc<crate::status::Provisioning>,
+    /// The advanced rules in force.
+    policy: Arc<ArcSwap<crate::policy::CompiledPolicy>>,
     /// Caller facts from /proc and NSS, cached per core.
     enricher: RefCell<Enricher>,
     /// Connection summaries of this core.
@@ -188,6 +193,7 @@ impl<S> WorkerCtx<S> {
             endpoints: Arc::clone(&shared.endpoints),
             channel: Arc::clone(&shared.channel),
             provisioning: Arc::clone(&shared.provisioning),
+            policy: Arc::clone(&shared.policy),
             enricher: RefCell::new(Enricher::default()),
             summaries: RefCell::new(Summaries::default()),
             date: RefCell::new((0, String::new())),
@@ -438,6 +444,8 @@ struct Connection<S> {
     pipe: Option<Rc<crate::sys::Pipe>>,
     /// Body bytes of the current exchange moved by splice (for the access log).
     spliced: u64,
+    /// Scratch for the canonical form of a request's path and query (policy matching).
+    canonical: crate::policy::CanonicalRequest,
 }
 
 /// Serve one accepted connection until it closes.
@@ -460,6 +468,7 @@ pub(crate) async fn serve<S: ProxyStream>(client: S, peer: SocketAddrV4, ctx: Rc
         upstream: None,
         pipe: None,
         spliced: 0,
+        canonical: crate::policy::CanonicalRequest::new(),
     };
     match permit {
         Some(_permit) => conn.run().await,
@@ -627,13 +636,36 @@ impl<S: ProxyStream> Connection<S> {
         {
             return Err(HttpError::Malformed("Host names another endpoint").into());
         }
-        let decision = policy::evaluate(&caller, &endpoint);
+        // The audit trail names the caller's process: read it now, while the caller waits
+        // for its answer (cached per process; after the answer the process may be gone).
+        let _ = self
+            .ctx
+            .enricher
+            .borrow_mut()
+            .process(caller.tgid, caller.start_boottime_ns);
+        let skip_signature = is_skip_signature(head.method, head.target);
+        let decision = if skip_signature && caller.is_root() {
+            // SPEC-GPA.md section 3: a root caller skips rule evaluation for these.
+            Decision::Allow("root: skip-signature request")
+        } else {
+            let rules = self.ctx.policy.load();
+            let mut enricher = self.ctx.enricher.borrow_mut();
+            let mut facts = EnrichedCaller::new(&caller, &mut enricher);
+            policy::authorize(
+                &rules,
+                &endpoint,
+                &mut facts,
+                head.path(),
+                head.query(),
+                &mut self.canonical,
+            )
+            .decision()
+        };
         plan.decision = Some(decision);
         if let Decision::Deny(reason) = decision {
             plan.refusal = Some(ProxyError::Denied(reason.as_str()));
             return Ok(Some(plan));
         }
-        let skip_signature = is_skip_signature(head.method, head.target);
         if skip_signature {
             plan.body_limit = SKIP_SIGNATURE_BODY_LIMIT;
         }
