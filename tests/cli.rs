@@ -84,3 +84,69 @@ fn bad_arguments_name_the_field() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid endpoint"));
 }
+
+#[test]
+fn rules_explain_names_the_deciding_rule() {
+    let file = std::env::temp_dir().join(format!("fastproxy-explain-{}.json", std::process::id()));
+    std::fs::write(
+        &file,
+        r#"{"imds": {"defaultAccess": "deny", "mode": "enforce", "id": "x", "rules": {
+          "privileges": [{"name": "token", "path": "/metadata/identity"}],
+          "roles": [{"name": "readers", "privileges": ["token"]}],
+          "identities": [{"name": "app", "userName": "app"}],
+          "roleAssignments": [{"role": "readers", "identities": ["app"]}]}}}"#,
+    )
+    .expect("policy");
+    let explain = |args: &[&str]| {
+        let out = Command::new(EXE)
+            .args(["rules", "explain", "--policy"])
+            .arg(&file)
+            .args(args)
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let token = "/metadata/identity/oauth2/token/?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com";
+    let allowed = explain(&[
+        "--endpoint",
+        "imds",
+        "--uid",
+        "1000",
+        "--user",
+        "app",
+        token,
+    ]);
+    assert!(
+        allowed.starts_with("allow") && allowed.contains(r#"identity "app""#),
+        "{allowed}"
+    );
+    let denied = explain(&[
+        "--endpoint",
+        "imds",
+        "--uid",
+        "1000",
+        "--user",
+        "eve",
+        token,
+    ]);
+    assert!(
+        denied.starts_with("deny") && denied.contains(r#"privilege "token""#),
+        "{denied}"
+    );
+    let default = explain(&["--endpoint", "imds", "--uid", "1000", "/metadata/instance"]);
+    assert!(default.contains("defaultAccess is deny"), "{default}");
+    let root_only = explain(&[
+        "--endpoint",
+        "wireserver",
+        "--uid",
+        "1000",
+        "/machine/?comp=goalstate",
+    ]);
+    assert!(root_only.contains("root only"), "{root_only}");
+    let _ = std::fs::remove_file(&file);
+}

@@ -19,7 +19,7 @@ use fastproxy::keykeeper::{
     status::Modes,
 };
 use fastproxy::policy::source::{fail_closed, Fingerprint, PolicySources};
-use fastproxy::policy::CompiledPolicy;
+use fastproxy::policy::{CanonicalRequest, CompiledPolicy, KnownCaller};
 use fastproxy::proxy::{RuntimeKind, Shared};
 use fastproxy::redirect::{self, RedirectSettings};
 use fastproxy::status::Provisioning;
@@ -60,6 +60,9 @@ enum Command {
         #[arg(long, default_value_t = DEFAULT_LISTEN)]
         listen: SocketAddrV4,
     },
+    /// Policy tools.
+    #[command(subcommand)]
+    Rules(RulesCommand),
     /// Break-glass: remove the pinned programs and maps; connects go direct again.
     Detach {
         /// Directory in a bpf file system holding fastproxy's pins.
@@ -71,6 +74,39 @@ enum Command {
     /// Run the stand-in WireServer, HostGAPlugin and IMDS (tests and the demo).
     #[command(hide = true)]
     Standin(fastproxy_standin::StandinArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Show which rule decides a request by a given caller, and why.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ExplainArgs {
+    /// The policy file (docs/POLICY.md).
+    #[arg(long)]
+    policy: PathBuf,
+    /// Directory of the Guest Proxy Agent's local rule files.
+    #[arg(long, default_value = "/var/lib/azure-proxy-agent/rules")]
+    local_rules_dir: PathBuf,
+    /// The endpoint: wireserver, hostga or imds.
+    #[arg(long)]
+    endpoint: EndpointKind,
+    /// The caller's uid.
+    #[arg(long)]
+    uid: u32,
+    /// The caller's user name.
+    #[arg(long)]
+    user: Option<String>,
+    /// A group of the caller (repeatable).
+    #[arg(long = "group")]
+    groups: Vec<String>,
+    /// The caller's executable path.
+    #[arg(long)]
+    exe: Option<PathBuf>,
+    /// The request target, e.g. '/metadata/identity/oauth2/token?api-version=2018-02-01'.
+    target: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -237,6 +273,7 @@ fn main() -> ExitCode {
         Command::Attach(args) => attach_only(&args),
         Command::Detach { bpffs_dir } => detach(&bpffs_dir),
         Command::Status { wait, listen } => return ExitCode::from(status(wait, listen)),
+        Command::Rules(RulesCommand::Explain(args)) => explain(&args),
         Command::Demo => fastproxy::demo::run_demo(),
         Command::Standin(args) => args.run(),
     };
@@ -543,4 +580,35 @@ fn fetch_provision(listen: SocketAddrV4) -> Option<fastproxy::status::Provision>
         finished: answer.finished,
         error_message: answer.error_message,
     })
+}
+
+/// `fastproxy rules explain`: the decision for one request and the rule that made it.
+fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
+    let sources = PolicySources {
+        policy_file: Some(args.policy.clone()),
+        local_rules_dir: args.local_rules_dir.clone(),
+    };
+    let policy = sources
+        .build(None)?
+        .unwrap_or_else(CompiledPolicy::builtin_only);
+    let table = fastproxy::upstream::EndpointTable::azure();
+    let mut endpoint = table.by_kind(args.endpoint).context("no such endpoint")?;
+    if policy.rules(args.endpoint).is_some() {
+        endpoint.mode = policy.mode(args.endpoint);
+    }
+    let mut caller = KnownCaller {
+        uid: args.uid,
+        user_name: args.user.clone(),
+        groups: args.groups.clone(),
+        exe_path: args.exe.as_ref().map(|p| p.display().to_string()),
+    };
+    let (path, query) = match args.target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (args.target.as_str(), None),
+    };
+    let mut scratch = CanonicalRequest::new();
+    let verdict =
+        fastproxy::policy::authorize(&policy, &endpoint, &mut caller, path, query, &mut scratch);
+    println!("{}", verdict.explain(&policy));
+    Ok(())
 }
