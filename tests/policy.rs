@@ -73,6 +73,12 @@ fn identity_rules_reload_and_fail_safe() {
         .find(|e| e["caller_uid"] == STRANGER.0)
         .expect("stranger's request logged");
     assert_eq!(rule["decision"], "deny");
+    assert!(
+        rule["explanation"]
+            .as_str()
+            .is_some_and(|e| e.contains(r#"privilege "token""#)),
+        "the log names the rule: {rule}"
+    );
 
     // Reload on change: defaultAccess allow opens the uncovered path.
     std::fs::write(&file, policy("allow")).expect("policy");

@@ -287,6 +287,8 @@ struct Plan {
     idempotent: bool,
     endpoint: Option<GuardedEndpoint>,
     decision: Option<Decision>,
+    /// Why the rules refused (or audited) it, naming privilege and identity.
+    explanation: Option<String>,
     /// Set when the request is refused before anything is forwarded.
     refusal: Option<ProxyError>,
     /// A request for the proxy itself (SPEC-GPA.md section 7), answered locally.
@@ -607,6 +609,7 @@ impl<S: ProxyStream> Connection<S> {
             endpoint: None,
             decision: None,
             refusal: None,
+            explanation: None,
             local: None,
             signed_pending: false,
             body_limit: BODY_LIMIT,
@@ -651,15 +654,20 @@ impl<S: ProxyStream> Connection<S> {
             let rules = self.ctx.policy.load();
             let mut enricher = self.ctx.enricher.borrow_mut();
             let mut facts = EnrichedCaller::new(&caller, &mut enricher);
-            policy::authorize(
+            let verdict = policy::authorize(
                 &rules,
                 &endpoint,
                 &mut facts,
                 head.path(),
                 head.query(),
                 &mut self.canonical,
-            )
-            .decision()
+            );
+            // Refusals and audit findings name the privilege and identity in the log (rare,
+            // so the formatting is paid only for them).
+            if !verdict.is_allowed() || verdict.is_audit() {
+                plan.explanation = Some(verdict.explain(&rules).to_string());
+            }
+            verdict.decision()
         };
         plan.decision = Some(decision);
         if let Decision::Deny(reason) = decision {
@@ -1259,6 +1267,7 @@ impl<S: ProxyStream> Connection<S> {
             status,
             latency_us = plan.started.elapsed().as_micros() as u64,
             spliced_bytes = self.spliced,
+            explanation = plan.explanation.as_deref(),
             error = error.map(|e| error_chain(e)),
             "request"
         );
