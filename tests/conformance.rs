@@ -335,3 +335,68 @@ fn llhttp_requests_through_the_proxy() {
     }
     println!("through the proxy: {refused} cases refused with nothing forwarded, {forwarded} requests forwarded");
 }
+
+/// Every response case through the running proxy, served by a raw upstream: a response the
+/// parser refuses before its first final message is complete reaches the client as a 502.
+#[test]
+fn llhttp_responses_through_the_proxy() {
+    let Some(mut stack) =
+        support::Stack::start_with("conform-resp", &["--endpoint", "imds=127.0.0.5:8080"])
+    else {
+        return;
+    };
+    let log = stack.dir.join("faults.jsonl");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/support/fault_server.py"
+    );
+    let mut server = std::process::Command::new("python3");
+    server.arg(script).arg("127.0.0.5").arg("8080").arg(&log);
+    stack.sandbox.spawn(server, None).expect("raw upstream");
+    let ready = log.with_extension("jsonl.ready");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !ready.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "raw upstream did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (mut bad_gateway, mut relayed) = (0, 0);
+    for case in corpus().iter().filter(|c| c["type"] == "response") {
+        let heading = case["heading"].as_str().unwrap_or("?");
+        let input = decode_case(case);
+        let hex: String = input.iter().map(|b| format!("{b:02x}")).collect();
+        if hex.len() > 7000 {
+            continue;
+        }
+        let mut scanner = StreamScanner::new(true);
+        scanner.feed(&input);
+        let script = format!(
+            "import socket\n\
+             s=socket.create_connection(('127.0.0.5',8080),timeout=5)\n\
+             s.sendall(b'GET /raw/{hex} HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n')\n\
+             out=b''\n\
+             try:\n\
+             \x20   while True:\n\
+             \x20       d=s.recv(65536)\n\
+             \x20       if not d: break\n\
+             \x20       out+=d\n\
+             except Exception: pass\n\
+             print(out[:12].decode('latin-1'))\n"
+        );
+        let status_line = stack.python(None, &script);
+        let first_refused = scanner.error.is_some() && scanner.completed == 0;
+        if first_refused {
+            assert!(
+                status_line.starts_with("HTTP/1.1 502"),
+                "{heading:?}: refused by the parser ({:?}) but the client got {status_line:?}",
+                scanner.error
+            );
+            bad_gateway += 1;
+        } else {
+            relayed += 1;
+        }
+    }
+    println!("responses through the proxy: {bad_gateway} refused as 502, {relayed} relayed");
+}

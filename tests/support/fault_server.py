@@ -52,6 +52,10 @@ def serve(conn, n):
         buf = body[length:] + buf
         body = body[:length]
         log(conn=n, path=path, method=method, body=len(body), expected=length, complete=True, served_before=served)
+        if path.startswith("/raw/"):
+            conn.sendall(bytes.fromhex(path[5:]))  # exactly these bytes, then close
+            conn.close()
+            return
         if path.startswith("/drop-second") and served >= 1:
             conn.close()  # a keep-alive connection the server has given up on
             return
