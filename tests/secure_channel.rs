@@ -141,6 +141,7 @@ fn secure_channel_cycle() {
         .expect("keys dir")
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".key"))
         .collect();
     assert_eq!(keys.len(), 1, "the latched key is stored: {keys:?}");
 
