@@ -526,3 +526,65 @@ fn connection_limits_per_uid_keep_room_for_root() {
         .expect("the refusal is logged");
     assert_eq!(refused["caller_uid"], NOBODY.0);
 }
+
+#[test]
+fn status_json_reports_provisioning_and_summaries() {
+    let Some(stack) = Stack::start_with("e2e-status", &["--status-interval", "1"]) else {
+        return;
+    };
+    let res = stack.curl(None, &format!("{WIRESERVER}/?comp=versions"), &[]);
+    assert_eq!(res.status, 200);
+    let denied = stack.curl(Some(NOBODY), &format!("{WIRESERVER}/?comp=versions"), &[]);
+    assert_eq!(denied.status, 403);
+    let path = stack.dir.join("logs/status.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let report = loop {
+        let report: Value = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        let summaries = report["proxyConnectionSummary"]
+            .as_array()
+            .map_or(0, Vec::len);
+        if summaries >= 2 {
+            break report;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no summaries in status.json: {report}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let status = &report["proxyAgentStatus"];
+    assert_eq!(status["status"], "SUCCESS", "{report}");
+    assert_eq!(
+        status["keyLatchStatus"]["states"]["secureChannelState"],
+        "disabled"
+    );
+    let curl = report["proxyConnectionSummary"]
+        .as_array()
+        .expect("summaries")
+        .iter()
+        .find(|s| s["userName"] == "root")
+        .expect("root's summary");
+    assert!(
+        curl["processFullPath"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("/curl")),
+        "{curl}"
+    );
+    assert_eq!(curl["responseStatus"], "200");
+    let failed = report["failedAuthenticateSummary"]
+        .as_array()
+        .expect("failed");
+    assert!(
+        failed
+            .iter()
+            .any(|s| s["userName"] == "nobody" && s["responseStatus"] == "403"),
+        "{report}"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&path).expect("file").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+}

@@ -440,6 +440,8 @@ pub fn start_proxy(
         .args(["--log-format", "json"])
         .arg("--keys-dir")
         .arg(dir.join("keys"))
+        .arg("--log-dir")
+        .arg(dir.join("logs"))
         .args(args)
         .args(if args.contains(&"--secure-channel") {
             &[][..]

@@ -183,6 +183,12 @@ struct RunArgs {
     /// IMDS_Rules.json), merged as GPA merges them.
     #[arg(long, default_value = "/var/lib/azure-proxy-agent/rules")]
     local_rules_dir: PathBuf,
+    /// Directory of status.json (created root-only).
+    #[arg(long, default_value = "/var/log/fastproxy")]
+    log_dir: PathBuf,
+    /// Seconds between status.json writes.
+    #[arg(long, default_value_t = 60)]
+    status_interval: u64,
     /// Seconds within which provisioning must finish (else it finishes with an error).
     #[arg(long, default_value_t = 120)]
     provision_timeout: u64,
@@ -312,6 +318,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             args.provision_timeout,
         ))),
         policy: Arc::new(ArcSwap::from_pointee(CompiledPolicy::builtin_only())),
+        reports: Arc::new(std::sync::Mutex::new(Vec::new())),
     };
     let sources = PolicySources {
         policy_file: args.policy.clone(),
@@ -370,6 +377,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         shared.endpoints.store(Arc::new(table));
     };
     let keys_dir = args.keys_dir.clone();
+    let status_path = args.log_dir.join("status.json");
+    let status_every = Duration::from_secs(args.status_interval);
+    let mut status_written: Option<std::time::Instant> = None;
     wait_for_shutdown_signal(|hangup| {
         while let Ok(modes) = modes_rx.try_recv() {
             apply_modes(modes, &mut redirect);
@@ -388,6 +398,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             info!(error = %done.error_message, "provisioning finished");
             if let Err(e) = fastproxy::status::write_tags(&keys_dir, &done) {
                 warn!(error = %e, "writing the tag files");
+            }
+        }
+        if status_written.is_none_or(|t| t.elapsed() >= status_every) {
+            status_written = Some(std::time::Instant::now());
+            let report = status_report(&shared, channel_on);
+            if let Err(e) = write_private(&status_path, report.to_string().as_bytes()) {
+                warn!(error = %e, path = %status_path.display(), "writing status.json");
             }
         }
     })?;
@@ -611,4 +628,86 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
         fastproxy::policy::authorize(&policy, &endpoint, &mut caller, path, query, &mut scratch);
     println!("{}", verdict.explain(&policy));
     Ok(())
+}
+
+/// The status report of SPEC-GPA.md section 7 (status.json).
+fn status_report(shared: &Shared, channel_on: bool) -> serde_json::Value {
+    use serde_json::json;
+    let provision = shared.provisioning.get();
+    let status = match (provision.finished, provision.error_message.is_empty()) {
+        (true, true) => "SUCCESS",
+        (true, false) => "ERROR",
+        (false, _) => "UNKNOWN",
+    };
+    let reports = shared
+        .reports
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let connections: usize = reports.iter().map(|r| r.connections).sum();
+    let summaries: Vec<_> = reports.into_iter().flat_map(|r| r.summaries).collect();
+    let failed: Vec<_> = summaries
+        .iter()
+        .filter(|s| s.response_status == "403")
+        .cloned()
+        .collect();
+    let rules = shared.channel.rules.load_full();
+    let rule_id = |endpoint: &str| {
+        rules
+            .as_deref()
+            .and_then(|r| r.get(endpoint)?.get("id")?.as_str().map(str::to_owned))
+    };
+    let key = shared.channel.key.load_full();
+    let message = shared
+        .channel
+        .message
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    json!({
+        "timestamp": httpdate::fmt_http_date(shared.channel.clock.now()),
+        "proxyAgentStatus": {
+            "version": env!("CARGO_PKG_VERSION"),
+            "status": status,
+            "keyLatchStatus": {
+                "status": if channel_on { "RUNNING" } else { "STOPPED" },
+                "message": if channel_on { message } else { "secure channel off (--secure-channel off)".to_owned() },
+                "states": {
+                    "secureChannelState": if channel_on { shared.channel.state_text() } else { "disabled".to_owned() },
+                    "keyGuid": key.as_ref().map(|k| k.guid().to_owned()),
+                    "wireServerRuleId": rule_id("wireserver"),
+                    "imdsRuleId": rule_id("imds"),
+                    "hostGARuleId": rule_id("hostga"),
+                    "keyIncarnationId": serde_json::Value::Null,
+                },
+            },
+            "ebpfProgramStatus": {"status": "RUNNING", "message": "redirect attached and pinned"},
+            "proxyListenerStatus": {"status": "RUNNING", "message": "listening"},
+            "telemetryLoggerStatus": {"status": "STOPPED", "message": "telemetry to WireServer is not implemented yet"},
+            "proxyConnectionsCount": connections,
+        },
+        "proxyConnectionSummary": summaries,
+        "failedAuthenticateSummary": failed,
+    })
+}
+
+/// Write a root-only file: the directory 0700, the file 0600, through a temporary name.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    std::fs::rename(&tmp, path)
 }

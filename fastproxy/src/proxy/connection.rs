@@ -50,6 +50,16 @@ pub struct Shared {
     pub provisioning: Arc<crate::status::Provisioning>,
     /// The compiled advanced rules now in force (swapped on reload).
     pub policy: Arc<ArcSwap<crate::policy::CompiledPolicy>>,
+    /// Each worker's connection summaries and open connections, published every few
+    /// seconds for the status report (the request path never takes this lock).
+    pub reports: Arc<std::sync::Mutex<Vec<WorkerReport>>>,
+}
+
+/// What one worker last published.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerReport {
+    pub summaries: Vec<crate::telemetry::summary::SummaryEntry>,
+    pub connections: usize,
 }
 
 /// Largest single read of a body.
@@ -141,6 +151,22 @@ impl<S> WorkerCtx<S> {
     /// Connections open on this core.
     pub(crate) fn active(&self) -> &Cell<usize> {
         &self.active
+    }
+
+    /// This worker's summaries and connection count, for the status report.
+    pub(crate) fn report(&self) -> WorkerReport {
+        let now = self
+            .channel
+            .clock
+            .now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut summaries = self.summaries.borrow_mut();
+        summaries.prune(now);
+        WorkerReport {
+            summaries: summaries.snapshot(),
+            connections: self.active.get(),
+        }
     }
 
     fn shutting_down(&self) -> bool {

@@ -10,7 +10,7 @@ mod connection;
 mod io;
 mod limits;
 
-pub use connection::Shared;
+pub use connection::{Shared, WorkerReport};
 
 use std::cell::Cell;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -170,6 +170,9 @@ fn bind(addr: SocketAddrV4) -> Result<std::net::TcpListener, ProxyStartError> {
     Ok(socket.into())
 }
 
+/// How often each worker publishes its summaries for the status report.
+const REPORT_PERIOD: Duration = Duration::from_secs(5);
+
 /// What to do after an accept error: back off when out of descriptors or memory (retrying at
 /// once would spin while nothing can change), otherwise go on.
 async fn after_accept_error(e: &std::io::Error) {
@@ -219,6 +222,21 @@ fn uring_worker(
             local,
             stop.clone(),
         ));
+        let reporting = Rc::clone(&ctx);
+        let reports = Arc::clone(&shared.reports);
+        let publish = async move {
+            let slot = {
+                let mut all = reports.lock().unwrap_or_else(|p| p.into_inner());
+                all.push(WorkerReport::default());
+                all.len() - 1
+            };
+            loop {
+                tokio::time::sleep(REPORT_PERIOD).await;
+                let report = reporting.report();
+                reports.lock().unwrap_or_else(|p| p.into_inner())[slot] = report;
+            }
+        };
+        tokio_uring::spawn(publish);
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -277,6 +295,21 @@ fn tokio_worker(
             local,
             stop.clone(),
         ));
+        let reporting = Rc::clone(&ctx);
+        let reports = Arc::clone(&shared.reports);
+        let publish = async move {
+            let slot = {
+                let mut all = reports.lock().unwrap_or_else(|p| p.into_inner());
+                all.push(WorkerReport::default());
+                all.len() - 1
+            };
+            loop {
+                tokio::time::sleep(REPORT_PERIOD).await;
+                let report = reporting.report();
+                reports.lock().unwrap_or_else(|p| p.into_inner())[slot] = report;
+            }
+        };
+        tokio::task::spawn_local(publish);
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {

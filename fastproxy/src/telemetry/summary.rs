@@ -25,6 +25,21 @@ pub struct SummaryKey {
     pub status: u16,
 }
 
+/// One summary as the status report lists it (SPEC-GPA.md section 7).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SummaryEntry {
+    pub user_name: String,
+    pub user_groups: Vec<String>,
+    pub ip: String,
+    pub port: u16,
+    pub client_ip: String,
+    pub process_full_path: String,
+    pub process_cmd_line: String,
+    pub response_status: String,
+    pub count: u64,
+}
+
 /// Per-core summary table.
 #[derive(Debug, Default)]
 pub struct Summaries {
@@ -74,6 +89,40 @@ impl Summaries {
 
     pub fn len(&self) -> usize {
         self.counts.len()
+    }
+
+    /// Every key with its count over the kept buckets, in the status report's shape.
+    pub fn snapshot(&self) -> Vec<SummaryEntry> {
+        self.counts
+            .iter()
+            .map(|(key, buckets)| SummaryEntry {
+                user_name: key
+                    .user
+                    .as_ref()
+                    .and_then(|u| u.name.clone())
+                    .unwrap_or_default(),
+                user_groups: key
+                    .user
+                    .as_ref()
+                    .map(|u| u.groups.clone())
+                    .unwrap_or_default(),
+                ip: key.destination.ip().to_string(),
+                port: key.destination.port(),
+                client_ip: key.client_ip.to_string(),
+                process_full_path: key
+                    .process
+                    .as_ref()
+                    .map(|p| p.exe_path.clone())
+                    .unwrap_or_default(),
+                process_cmd_line: key
+                    .process
+                    .as_ref()
+                    .map(|p| p.args.join(" "))
+                    .unwrap_or_default(),
+                response_status: key.status.to_string(),
+                count: buckets.iter().map(|(_, c)| c).sum(),
+            })
+            .collect()
     }
 
     pub fn is_empty(&self) -> bool {
