@@ -181,21 +181,65 @@ fn client_copies_of_proxy_headers_are_replaced() {
 }
 
 #[test]
-fn direct_connection_without_caller_record_gets_421() {
-    let Some(stack) = Stack::start("e2e-421") else {
+fn direct_connections_get_local_paths_only() {
+    let Some(stack) = Stack::start_with("e2e-direct", &["--status-interval", "1"]) else {
         return;
     };
-    let res = stack.curl(
+    // From a process the programs see, a direct connect to the proxy is recorded too: it may
+    // ask for the local paths, nothing else reaches an endpoint.
+    let proxied = stack.curl(
         None,
         "http://127.0.0.1:308/machine/?comp=goalstate",
         &[&tag_header("direct")],
     );
-    assert_eq!(res.status, 421);
-    assert_eq!(res.header("connection"), Some("close"));
-    assert!(
-        stack.records().is_empty(),
-        "nothing may be forwarded without a caller record"
+    assert_eq!(proxied.status, 403, "aimed at the proxy itself");
+    assert_eq!(proxied.header("connection"), Some("close"));
+    let provision = stack.curl(
+        Some(NOBODY),
+        "http://127.0.0.1:308/provision",
+        &["Metadata: true"],
     );
+    assert_eq!(provision.status, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&provision.body),
+        r#"{"finished":true,"errorMessage":""}"#
+    );
+    assert_eq!(
+        stack
+            .curl(None, "http://127.0.0.1:308/provision", &[])
+            .status,
+        400,
+        "Metadata required"
+    );
+    // The aggregated status is for root callers only.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let status = stack.curl(
+        None,
+        "http://127.0.0.1:308/gpa-aggregated-status",
+        &["Metadata: true"],
+    );
+    assert_eq!(status.status, 200);
+    let report: Value = serde_json::from_slice(&status.body).expect("JSON");
+    assert_eq!(report["proxyAgentStatus"]["status"], "SUCCESS", "{report}");
+    let refused = stack.curl(
+        Some(NOBODY),
+        "http://127.0.0.1:308/gpa-aggregated-status",
+        &["Metadata: true"],
+    );
+    assert_eq!(refused.status, 403);
+    // From outside the guarded cgroup there is no record at all: 421.
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "http://127.0.0.1:308/machine/?comp=goalstate",
+    ]);
+    let (_, out) = stack.sandbox.run_outside_cgroup(cmd).expect("curl runs");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "421");
+    assert!(stack.records().is_empty(), "nothing reached an endpoint");
 }
 
 #[test]

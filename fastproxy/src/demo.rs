@@ -118,6 +118,12 @@ impl Sandbox {
         run_to_end(self.setup(user)?, cmd)
     }
 
+    /// Run a short command in this sandbox's network namespace but outside its cgroup: a
+    /// process the kernel programs do not see.
+    pub fn run_outside_cgroup(&self, cmd: Command) -> io::Result<(u32, Output)> {
+        run_to_end(ChildSetup::new().netns(self.netns.as_raw_fd()), cmd)
+    }
+
     /// Run a short command in `netns_of`'s network namespace but in this sandbox's cgroup: a
     /// process of a "container" whose sockets this sandbox's programs see.
     pub fn run_foreign(

@@ -319,6 +319,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         ))),
         policy: Arc::new(ArcSwap::from_pointee(CompiledPolicy::builtin_only())),
         reports: Arc::new(std::sync::Mutex::new(Vec::new())),
+        status_json: Arc::new(ArcSwap::from_pointee(String::from("{}"))),
     };
     let sources = PolicySources {
         policy_file: args.policy.clone(),
@@ -402,8 +403,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         if status_written.is_none_or(|t| t.elapsed() >= status_every) {
             status_written = Some(std::time::Instant::now());
-            let report = status_report(&shared, channel_on);
-            if let Err(e) = write_private(&status_path, report.to_string().as_bytes()) {
+            let report = status_report(&shared, channel_on).to_string();
+            shared.status_json.store(Arc::new(report.clone()));
+            if let Err(e) = write_private(&status_path, report.as_bytes()) {
                 warn!(error = %e, path = %status_path.display(), "writing status.json");
             }
         }

@@ -53,6 +53,8 @@ pub struct Shared {
     /// Each worker's connection summaries and open connections, published every few
     /// seconds for the status report (the request path never takes this lock).
     pub reports: Arc<std::sync::Mutex<Vec<WorkerReport>>>,
+    /// The latest status report, served as `/gpa-aggregated-status` to root callers.
+    pub status_json: Arc<ArcSwap<String>>,
 }
 
 /// What one worker last published.
@@ -82,6 +84,8 @@ pub(crate) struct WorkerCtx<S> {
     provisioning: Arc<crate::status::Provisioning>,
     /// The advanced rules in force.
     policy: Arc<ArcSwap<crate::policy::CompiledPolicy>>,
+    /// The latest status report.
+    status_json: Arc<ArcSwap<String>>,
     /// Caller facts from /proc and NSS, cached per core.
     enricher: RefCell<Enricher>,
     /// Connection summaries of this core.
@@ -220,6 +224,7 @@ impl<S> WorkerCtx<S> {
             channel: Arc::clone(&shared.channel),
             provisioning: Arc::clone(&shared.provisioning),
             policy: Arc::clone(&shared.policy),
+            status_json: Arc::clone(&shared.status_json),
             enricher: RefCell::new(Enricher::default()),
             summaries: RefCell::new(Summaries::default()),
             date: RefCell::new((0, String::new())),
@@ -330,6 +335,8 @@ struct Plan {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LocalRoute {
     Provision,
+    /// The status report, for root callers.
+    AggregatedStatus,
 }
 
 /// Body limits (SPEC-GPA.md section 3): skip-signature requests may carry 100 MB.
@@ -523,8 +530,13 @@ impl<S: ProxyStream> Connection<S> {
                 }
             };
             first = false;
-            if let Some(LocalRoute::Provision) = plan.local {
-                let body = crate::status::provision_json(&self.ctx.provisioning.get());
+            if let Some(route) = plan.local {
+                let body = match route {
+                    LocalRoute::Provision => {
+                        crate::status::provision_json(&self.ctx.provisioning.get())
+                    }
+                    LocalRoute::AggregatedStatus => self.ctx.status_json.load().as_ref().clone(),
+                };
                 self.out.clear();
                 crate::http::rewrite::write_local_json(&mut self.out, 200, &body);
                 let _ = write_all(&self.client, &mut self.out).await;
@@ -641,16 +653,36 @@ impl<S: ProxyStream> Connection<S> {
             body_limit: BODY_LIMIT,
             started: Instant::now(),
         };
-        let Some(caller) = self.caller else {
-            // Connections made to the proxy directly may only ask for its local paths.
-            if head.method == "GET" && head.path() == "/provision" {
-                if head.field("metadata").is_none() {
+        // Requests aimed at the proxy itself (a direct connect to its port, recorded by the
+        // kernel like any other, or made from outside the guarded cgroups: no record) may only
+        // ask for its local paths (SPEC-GPA.md section 7).
+        let direct = self.caller.is_none_or(|c| c.original_dst == self.ctx.local);
+        if direct {
+            let route = match (head.method, head.path()) {
+                ("GET", "/provision") => Some(LocalRoute::Provision),
+                ("GET", "/gpa-aggregated-status") => Some(LocalRoute::AggregatedStatus),
+                _ => None,
+            };
+            match (route, self.caller) {
+                (Some(_), _) if head.field("metadata").is_none() => {
                     return Err(HttpError::Malformed("the Metadata header is required").into());
                 }
-                plan.local = Some(LocalRoute::Provision);
-            } else {
-                plan.refusal = Some(ProxyError::NoCallerRecord);
+                (Some(LocalRoute::AggregatedStatus), None) => {
+                    plan.refusal = Some(ProxyError::NoCallerRecord);
+                }
+                (Some(LocalRoute::AggregatedStatus), Some(c)) if !c.is_root() => {
+                    plan.refusal = Some(ProxyError::Denied("root only"));
+                }
+                (Some(route), _) => plan.local = Some(route),
+                (None, None) => plan.refusal = Some(ProxyError::NoCallerRecord),
+                (None, Some(_)) => {
+                    plan.refusal = Some(ProxyError::Denied("aimed at the proxy itself"))
+                }
             }
+            return Ok(Some(plan));
+        }
+        let Some(caller) = self.caller else {
+            plan.refusal = Some(ProxyError::NoCallerRecord);
             return Ok(Some(plan));
         };
         let endpoints = self.ctx.endpoints.load();

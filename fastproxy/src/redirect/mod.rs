@@ -91,6 +91,7 @@ pub struct Redirect {
     ebpf: Ebpf,
     cgroup: PathBuf,
     kernel_deny: bool,
+    proxy: SocketAddrV4,
 }
 
 impl std::fmt::Debug for Redirect {
@@ -110,7 +111,7 @@ impl Redirect {
     /// Re-program which endpoints the kernel redirects (modes changed): endpoints that stay
     /// guarded are never absent from the table in between.
     pub fn apply(&mut self, table: &EndpointTable) -> Result<(), RedirectError> {
-        sync_endpoints(&mut self.ebpf, table, self.kernel_deny)
+        sync_endpoints(&mut self.ebpf, table, self.kernel_deny, self.proxy)
     }
 }
 
@@ -167,7 +168,12 @@ pub fn attach(
         .load(fastproxy_ebpf::object())
         .map_err(|e| RedirectError::Load(Box::new(e)))?;
 
-    sync_endpoints(&mut ebpf, &settings.endpoints, settings.kernel_deny)?;
+    sync_endpoints(
+        &mut ebpf,
+        &settings.endpoints,
+        settings.kernel_deny,
+        settings.proxy,
+    )?;
 
     let program_err = |name: &'static str| {
         move |e: aya::programs::ProgramError| RedirectError::Program {
@@ -242,6 +248,7 @@ pub fn attach(
             ebpf,
             cgroup,
             kernel_deny: settings.kernel_deny,
+            proxy: settings.proxy,
         },
         CallerLookup::new(callers, handoff),
         action,
@@ -255,13 +262,27 @@ fn sync_endpoints(
     ebpf: &mut Ebpf,
     table: &EndpointTable,
     kernel_deny: bool,
+    proxy: SocketAddrV4,
 ) -> Result<(), RedirectError> {
     let map = ebpf
         .map_mut(names::ENDPOINTS)
         .ok_or_else(|| missing(names::ENDPOINTS))?;
     let mut endpoints: HashMap<_, EndpointKey, EndpointAction> =
         HashMap::try_from(map).map_err(|e| map_err(names::ENDPOINTS, e))?;
-    let wanted = kernel_table(table, kernel_deny);
+    let mut wanted = kernel_table(table, kernel_deny);
+    // The proxy's own address too: a connect to it is "redirected" to itself, which records
+    // the caller, so the proxy knows who calls its local paths (/provision, the status).
+    wanted.push((
+        EndpointKey {
+            addr: u32::from_ne_bytes(proxy.ip().octets()),
+            port: proxy.port().to_be(),
+            proto: IPPROTO_TCP,
+        },
+        EndpointAction {
+            action: FP_ACTION_REDIRECT,
+            flags: 0,
+        },
+    ));
     for (key, action) in &wanted {
         endpoints
             .insert(key, action, 0)
