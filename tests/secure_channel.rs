@@ -284,3 +284,47 @@ fn status_wait_exit_codes() {
         ""
     );
 }
+
+/// Telemetry: connection summaries reach WireServer as XML batches; while WireServer is down
+/// they wait in a bounded spool.
+#[test]
+fn telemetry_reaches_wireserver_and_spools_while_it_is_down() {
+    let Some(mut stack) = Stack::start_with(
+        "telemetry",
+        &["--telemetry", "on", "--telemetry-period", "1"],
+    ) else {
+        return;
+    };
+    assert_eq!(
+        stack
+            .curl(None, &format!("{WIRESERVER}/?comp=versions"), &[])
+            .status,
+        200
+    );
+    eventually("a telemetry batch at WireServer", || {
+        stack.records().iter().any(|r| {
+            r.method == "POST"
+                && r.target == "/machine/?comp=telemetrydata"
+                && r.body_len > 0
+                && r.header("content-type") == Some("text/xml; charset=utf-8")
+        })
+    });
+    // WireServer gone: new summaries are spooled, not lost.
+    stack
+        .sandbox
+        .terminate(stack.standin_pid, Duration::from_secs(5));
+    let imds = stack.curl(
+        Some(fastproxy::demo::NOBODY),
+        &format!("{HOSTGA}/versions"),
+        &[],
+    );
+    assert_eq!(imds.status, 403);
+    let log = log_with(&stack.dir.join("proxy.log"), "telemetry not delivered");
+    assert!(
+        log.contains("telemetry not delivered"),
+        "the failure is reported"
+    );
+    let spool = stack.dir.join("logs/telemetry-spool");
+    let spooled = std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0);
+    assert!(spooled > 0, "the undelivered batch waits in the spool");
+}

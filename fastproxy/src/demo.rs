@@ -454,6 +454,12 @@ pub fn start_proxy(
         } else {
             &["--secure-channel", "off"][..]
         })
+        // Telemetry posts to the stand-in would show up among the requests tests count.
+        .args(if args.contains(&"--telemetry") {
+            &[][..]
+        } else {
+            &["--telemetry", "off"][..]
+        })
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);

@@ -186,6 +186,12 @@ struct RunArgs {
     /// Directory of status.json (created root-only).
     #[arg(long, default_value = "/var/log/fastproxy")]
     log_dir: PathBuf,
+    /// Telemetry (connection summaries) to WireServer: on or off.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    telemetry: String,
+    /// Seconds between telemetry batches.
+    #[arg(long, default_value_t = 60)]
+    telemetry_period: u64,
     /// Seconds between status.json writes.
     #[arg(long, default_value_t = 60)]
     status_interval: u64,
@@ -320,11 +326,29 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         policy: Arc::new(ArcSwap::from_pointee(CompiledPolicy::builtin_only())),
         reports: Arc::new(std::sync::Mutex::new(Vec::new())),
         status_json: Arc::new(ArcSwap::from_pointee(String::from("{}"))),
+        telemetry: None,
     };
     let sources = PolicySources {
         policy_file: args.policy.clone(),
         local_rules_dir: args.local_rules_dir.clone(),
     };
+    let mut shared = shared;
+    if args.telemetry == "on" {
+        let wireserver = configured
+            .by_kind(EndpointKind::WireServer)
+            .map(|e| e.addr)
+            .context("no WireServer endpoint")?;
+        shared.telemetry = Some(fastproxy::telemetry::events::spawn(
+            fastproxy::telemetry::events::TelemetrySettings {
+                wireserver,
+                mark: settings.mark,
+                spool: args.log_dir.join("telemetry-spool"),
+                spool_limit: 64,
+                period: Duration::from_secs(args.telemetry_period),
+            },
+            Arc::clone(&shared.channel),
+        )?);
+    }
     let mut policy_loader = PolicyLoader::new(sources);
     policy_loader.reload(&shared, None, true);
     let channel_on = args.secure_channel == "on";
@@ -685,7 +709,11 @@ fn status_report(shared: &Shared, channel_on: bool) -> serde_json::Value {
             },
             "ebpfProgramStatus": {"status": "RUNNING", "message": "redirect attached and pinned"},
             "proxyListenerStatus": {"status": "RUNNING", "message": "listening"},
-            "telemetryLoggerStatus": {"status": "STOPPED", "message": "telemetry to WireServer is not implemented yet"},
+            "telemetryLoggerStatus": if shared.telemetry.is_some() {
+                json!({"status": "RUNNING", "message": "connection summaries to WireServer"})
+            } else {
+                json!({"status": "STOPPED", "message": "telemetry off (--telemetry off)"})
+            },
             "proxyConnectionsCount": connections,
         },
         "proxyConnectionSummary": summaries,

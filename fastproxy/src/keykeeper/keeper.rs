@@ -135,8 +135,9 @@ struct Keeper {
 }
 
 /// A reply: status, headers, body.
-struct Reply {
-    status: u16,
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
 }
@@ -233,7 +234,7 @@ impl Keeper {
     }
 
     /// One request to WireServer, from a marked socket, with the claims and date headers,
-    /// signed with `key` when given. `Connection: close`: the reply ends at end of stream.
+    /// signed with `key` when given.
     fn request(
         &self,
         method: &str,
@@ -241,99 +242,123 @@ impl Keeper {
         body: &[u8],
         key: Option<&SigningKey>,
     ) -> Result<Reply, KeeperError> {
-        let addr = self.settings.wireserver;
-        let unreachable = |e| KeeperError::Unreachable(addr, e);
-        let socket = Socket::new(Domain::IPV4, Type::STREAM.cloexec(), Some(Protocol::TCP))
-            .map_err(unreachable)?;
-        socket.set_mark(self.settings.mark).map_err(unreachable)?;
-        socket
-            .connect_timeout(
-                &SockAddr::from(SocketAddr::V4(addr)),
-                Duration::from_secs(5),
-            )
-            .map_err(unreachable)?;
-        socket
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .map_err(unreachable)?;
-        socket
-            .set_write_timeout(Some(Duration::from_secs(10)))
-            .map_err(unreachable)?;
-        let mut stream = std::net::TcpStream::from(socket);
-
-        let host = if addr.port() == 80 {
-            addr.ip().to_string()
-        } else {
-            addr.to_string()
-        };
-        let mut headers: Vec<(&str, String)> = vec![
-            ("Host", host),
-            ("Metadata", "True".into()),
-            ("x-ms-azure-host-claims", r#"{ "isRoot": "true"}"#.into()),
-            ("x-ms-azure-host-date", self.state.clock.http_date()),
-            ("Connection", "close".into()),
-        ];
-        if method == "POST" {
-            headers.push(("Content-Length", body.len().to_string()));
-            if !body.is_empty() {
-                headers.push(("Content-Type", "application/json".into()));
-            }
-        }
-        if let Some(key) = key {
-            let (raw_path, query) = path
-                .split_once('?')
-                .map_or((path, None), |(p, q)| (p, Some(q)));
-            let mut input = Vec::new();
-            string_to_sign(
-                &mut input,
-                method,
-                body,
-                headers.iter().map(|(n, v)| (*n, v.as_bytes())),
-                raw_path,
-                query,
-            );
-            let mut value = String::new();
-            key.authorization(&input, &mut value);
-            headers.push(("x-ms-azure-host-authorization", value));
-        }
-        let mut out = format!("{method} {path} HTTP/1.1\r\n").into_bytes();
-        for (name, value) in &headers {
-            out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
-        }
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(body);
-        stream.write_all(&out).map_err(unreachable)?;
-
-        let mut raw = Vec::new();
-        Read::by_ref(&mut stream)
-            .take(1024 * 1024)
-            .read_to_end(&mut raw)
-            .map_err(unreachable)?;
-        let head = parse_response(&raw, false, &Limits::default())
-            .map_err(|_| KeeperError::Reply("a WireServer request"))?
-            .ok_or(KeeperError::Reply("a WireServer request (truncated head)"))?;
-        let rest = &raw[head.head_len..];
-        let body = match head.body {
-            BodyKind::Length(n) => rest
-                .get(..usize::try_from(n).unwrap_or(usize::MAX))
-                .ok_or(KeeperError::Reply("a WireServer request (truncated body)"))?,
-            BodyKind::CloseDelimited => rest,
-            BodyKind::Chunked => return Err(KeeperError::Reply("a WireServer request (chunked)")),
-        };
-        Ok(Reply {
-            status: head.status,
-            headers: head
-                .fields
-                .iter()
-                .map(|f| {
-                    (
-                        f.name.to_owned(),
-                        String::from_utf8_lossy(f.value).into_owned(),
-                    )
-                })
-                .collect(),
-            body: body.to_vec(),
-        })
+        wire_request(
+            self.settings.wireserver,
+            self.settings.mark,
+            &self.state.clock,
+            method,
+            path,
+            body,
+            "application/json",
+            key,
+        )
     }
+}
+
+/// One request to WireServer, from a marked socket, with the claims and date headers,
+/// signed with `key` when given. `Connection: close`: the reply ends at end of stream.
+#[allow(clippy::too_many_arguments)]
+pub fn wire_request(
+    addr: SocketAddrV4,
+    mark: u32,
+    clock: &HostClock,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    content_type: &str,
+    key: Option<&SigningKey>,
+) -> Result<Reply, KeeperError> {
+    let unreachable = |e| KeeperError::Unreachable(addr, e);
+    let socket = Socket::new(Domain::IPV4, Type::STREAM.cloexec(), Some(Protocol::TCP))
+        .map_err(unreachable)?;
+    socket.set_mark(mark).map_err(unreachable)?;
+    socket
+        .connect_timeout(
+            &SockAddr::from(SocketAddr::V4(addr)),
+            Duration::from_secs(5),
+        )
+        .map_err(unreachable)?;
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(unreachable)?;
+    socket
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .map_err(unreachable)?;
+    let mut stream = std::net::TcpStream::from(socket);
+
+    let host = if addr.port() == 80 {
+        addr.ip().to_string()
+    } else {
+        addr.to_string()
+    };
+    let mut headers: Vec<(&str, String)> = vec![
+        ("Host", host),
+        ("Metadata", "True".into()),
+        ("x-ms-azure-host-claims", r#"{ "isRoot": "true"}"#.into()),
+        ("x-ms-azure-host-date", clock.http_date()),
+        ("Connection", "close".into()),
+    ];
+    if method == "POST" {
+        headers.push(("Content-Length", body.len().to_string()));
+        if !body.is_empty() {
+            headers.push(("Content-Type", content_type.into()));
+        }
+    }
+    if let Some(key) = key {
+        let (raw_path, query) = path
+            .split_once('?')
+            .map_or((path, None), |(p, q)| (p, Some(q)));
+        let mut input = Vec::new();
+        string_to_sign(
+            &mut input,
+            method,
+            body,
+            headers.iter().map(|(n, v)| (*n, v.as_bytes())),
+            raw_path,
+            query,
+        );
+        let mut value = String::new();
+        key.authorization(&input, &mut value);
+        headers.push(("x-ms-azure-host-authorization", value));
+    }
+    let mut out = format!("{method} {path} HTTP/1.1\r\n").into_bytes();
+    for (name, value) in &headers {
+        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    stream.write_all(&out).map_err(unreachable)?;
+
+    let mut raw = Vec::new();
+    Read::by_ref(&mut stream)
+        .take(1024 * 1024)
+        .read_to_end(&mut raw)
+        .map_err(unreachable)?;
+    let head = parse_response(&raw, false, &Limits::default())
+        .map_err(|_| KeeperError::Reply("a WireServer request"))?
+        .ok_or(KeeperError::Reply("a WireServer request (truncated head)"))?;
+    let rest = &raw[head.head_len..];
+    let body = match head.body {
+        BodyKind::Length(n) => rest
+            .get(..usize::try_from(n).unwrap_or(usize::MAX))
+            .ok_or(KeeperError::Reply("a WireServer request (truncated body)"))?,
+        BodyKind::CloseDelimited => rest,
+        BodyKind::Chunked => return Err(KeeperError::Reply("a WireServer request (chunked)")),
+    };
+    Ok(Reply {
+        status: head.status,
+        headers: head
+            .fields
+            .iter()
+            .map(|f| {
+                (
+                    f.name.to_owned(),
+                    String::from_utf8_lossy(f.value).into_owned(),
+                )
+            })
+            .collect(),
+        body: body.to_vec(),
+    })
 }
 
 fn key_path(dir: &Path, guid: &str) -> Result<PathBuf, KeeperError> {

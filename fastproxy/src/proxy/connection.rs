@@ -55,6 +55,8 @@ pub struct Shared {
     pub reports: Arc<std::sync::Mutex<Vec<WorkerReport>>>,
     /// The latest status report, served as `/gpa-aggregated-status` to root callers.
     pub status_json: Arc<ArcSwap<String>>,
+    /// Telemetry to WireServer (connection summaries), when on.
+    pub telemetry: Option<std::sync::mpsc::Sender<crate::telemetry::events::TelemetryEvent>>,
 }
 
 /// What one worker last published.
@@ -86,6 +88,7 @@ pub(crate) struct WorkerCtx<S> {
     policy: Arc<ArcSwap<crate::policy::CompiledPolicy>>,
     /// The latest status report.
     status_json: Arc<ArcSwap<String>>,
+    telemetry: Option<std::sync::mpsc::Sender<crate::telemetry::events::TelemetryEvent>>,
     /// Caller facts from /proc and NSS, cached per core.
     enricher: RefCell<Enricher>,
     /// Connection summaries of this core.
@@ -225,6 +228,7 @@ impl<S> WorkerCtx<S> {
             provisioning: Arc::clone(&shared.provisioning),
             policy: Arc::clone(&shared.policy),
             status_json: Arc::clone(&shared.status_json),
+            telemetry: shared.telemetry.clone(),
             enricher: RefCell::new(Enricher::default()),
             summaries: RefCell::new(Summaries::default()),
             date: RefCell::new((0, String::new())),
@@ -1304,6 +1308,29 @@ impl<S: ProxyStream> Connection<S> {
                     status,
                     "new connection summary bucket"
                 );
+                if let Some(telemetry) = &self.ctx.telemetry {
+                    let _ = telemetry.send(crate::telemetry::events::TelemetryEvent {
+                        name: "ConnectionSummary".into(),
+                        params: vec![
+                            (
+                                "UserName".into(),
+                                user.as_ref()
+                                    .and_then(|u| u.name.clone())
+                                    .unwrap_or_default(),
+                            ),
+                            ("Uid".into(), caller.uid.to_string()),
+                            ("Destination".into(), endpoint.addr.to_string()),
+                            (
+                                "ProcessFullPath".into(),
+                                process
+                                    .as_ref()
+                                    .map(|p| p.exe_path.clone())
+                                    .unwrap_or_default(),
+                            ),
+                            ("ResponseStatus".into(), status.to_string()),
+                        ],
+                    });
+                }
             }
         }
         info!(

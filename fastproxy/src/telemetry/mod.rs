@@ -1,6 +1,7 @@
 //! Logging: tracing to stderr, as text for people or JSON lines for machines, and the access
 //! log (one event per request, target `fastproxy::access`).
 
+pub mod events;
 pub mod summary;
 
 use tracing_subscriber::EnvFilter;
