@@ -46,7 +46,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Attach (or adopt) the kernel programs and run the proxy until SIGTERM or SIGINT.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Attach the kernel programs, or replace the running ones in place, and exit. The
     /// redirect stays (pinned): connects are refused until a proxy listens.
     Attach(RedirectArgs),
@@ -281,7 +281,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Attach(args) => attach_only(&args),
         Command::Detach { bpffs_dir } => detach(&bpffs_dir),
         Command::Status { wait, listen } => return ExitCode::from(status(wait, listen)),
