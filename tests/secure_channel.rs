@@ -77,11 +77,29 @@ fn secure_channel_cycle() {
     let Some(mut stack) = Stack::start_full(
         "secure-channel",
         &["--control", "{dir}/control.json"],
-        &["--secure-channel", "on", "--secure-channel-poll", "1"],
+        &[
+            "--secure-channel",
+            "on",
+            "--secure-channel-poll",
+            "1",
+            "--status-interval",
+            "1",
+        ],
     ) else {
         return;
     };
     let dir = stack.dir.clone();
+    let reported_state = |dir: &Path| -> String {
+        std::fs::read(dir.join("logs/status.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| {
+                v["proxyAgentStatus"]["keyLatchStatus"]["states"]["secureChannelState"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default()
+    };
     let control = dir.join("control.json");
     let pins = stack.sandbox.pin_dir();
     // Phase 1: disabled. The status turns every endpoint's mode to disabled: nothing is
@@ -109,6 +127,9 @@ fn secure_channel_cycle() {
         log_has(&stack, "WireServer Enforce -  IMDS Audit - HostGA Enforce")
     });
     eventually("key latched", || log_has(&stack, "key latched"));
+    eventually("the state text in status.json", || {
+        reported_state(&dir) == "WireServer Enforce -  IMDS Audit - HostGA Enforce"
+    });
     eventually("three redirected endpoints", || redirected(&pins) == 3);
     // From now on one client keeps one keep-alive connection through the proxy (a connection
     // made while nothing was redirected would stay direct: the kernel acts at connect time).
@@ -196,6 +217,9 @@ fn secure_channel_cycle() {
     set_state(&control, "disabled", 0);
     eventually("unlatched", || log_has(&stack, "requests go unsigned"));
     eventually("empty redirect set again", || redirected(&pins) == 0);
+    eventually("disabled in status.json", || {
+        reported_state(&dir) == "disabled"
+    });
     keep_alive("disabled again");
     let keep_alive_records: Vec<_> = stack
         .records()
@@ -327,4 +351,77 @@ fn telemetry_reaches_wireserver_and_spools_while_it_is_down() {
     let spool = stack.dir.join("logs/telemetry-spool");
     let spooled = std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0);
     assert!(spooled > 0, "the undelivered batch waits in the spool");
+}
+
+/// Bad input from WireServer: a status that is not JSON, a key that is not 64 hex digits, an
+/// attestation refused. Each is a clear message and a retry; no crash, and no key is latched
+/// (an unattested key does not stay stored either).
+#[test]
+fn keeper_survives_bad_wireserver_answers() {
+    for (mode, message) in [
+        ("notjson", "not JSON"),
+        ("badkey", "unusable key"),
+        ("refuse-attest", "key attestation"),
+    ] {
+        let Some(mut stack) = Stack::start_with(
+            &format!("keeper-{mode}"),
+            &[
+                "--secure-channel",
+                "on",
+                "--endpoint",
+                "wireserver=127.0.0.5:8080",
+            ],
+        ) else {
+            return;
+        };
+        let log = stack.dir.join("wire.jsonl");
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/support/fault_server.py"
+        );
+        let mut server = Command::new("python3");
+        server
+            .arg(script)
+            .arg("127.0.0.5")
+            .arg("8080")
+            .arg(&log)
+            .arg(mode);
+        stack.sandbox.spawn(server, None).expect("fake WireServer");
+        let text = log_with(&stack.dir.join("proxy.log"), message);
+        assert!(
+            text.contains(message),
+            "{mode}: the failure is reported as {message:?}"
+        );
+        // It keeps retrying (1 s while the state is unknown, then every poll).
+        std::thread::sleep(Duration::from_millis(2500));
+        let polls = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("/secure-channel/status")
+            .count();
+        assert!(polls >= 2, "{mode}: retried ({polls} status polls)");
+        assert!(!log_has(&stack, "key latched"), "{mode}: no key latched");
+        let stored = std::fs::read_dir(stack.dir.join("keys"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".key"))
+                    .count()
+            })
+            .unwrap_or(0);
+        assert_eq!(stored, 0, "{mode}: no key stored");
+        assert!(
+            stack.sandbox.exited(stack.proxy_pid).is_none(),
+            "{mode}: the proxy keeps running"
+        );
+        // Requests still flow (unsigned: there is no key).
+        assert_eq!(
+            stack
+                .curl(
+                    None,
+                    &format!("{IMDS}/metadata/versions"),
+                    &["Metadata: true"]
+                )
+                .status,
+            200
+        );
+    }
 }

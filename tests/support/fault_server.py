@@ -3,6 +3,8 @@ chooses the fault. Every request it sees is appended to LOG as one JSON line."""
 import json, socket, struct, sys, threading, time
 
 addr, port, log_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+# As a WireServer for the key keeper: notjson | badkey | refuse-attest (default: none).
+keeper_mode = sys.argv[4] if len(sys.argv) > 4 else ""
 lock = threading.Lock()
 conn_seq = [0]
 
@@ -52,6 +54,22 @@ def serve(conn, n):
         buf = body[length:] + buf
         body = body[:length]
         log(conn=n, path=path, method=method, body=len(body), expected=length, complete=True, served_before=served)
+        if keeper_mode and path.startswith("/secure-channel/"):
+            if path == "/secure-channel/status":
+                body = b"<html>not json</html>" if keeper_mode == "notjson" else (
+                    b'{"authorizationScheme":"Azure-HMAC-SHA256","keyDeliveryMethod":"http",'
+                    b'"keyGuid":"1234abcd-0000-0000-0000-000000000001","version":"1.0",'
+                    b'"secureChannelState":"wireserver"}')
+                status = b"200 OK"
+            elif path == "/secure-channel/key":
+                key = b"xyz" if keeper_mode == "badkey" else b"ab" * 32
+                body = b'{"guid":"1234abcd-0000-0000-0000-000000000001","key":"' + key + b'"}'
+                status = b"200 OK"
+            else:
+                status, body = (b"403 Forbidden", b"refused") if keeper_mode == "refuse-attest" else (b"200 OK", b"")
+            conn.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            conn.close()  # the keeper sends Connection: close
+            return
         if path.startswith("/raw/"):
             conn.sendall(bytes.fromhex(path[5:]))  # exactly these bytes, then close
             conn.close()

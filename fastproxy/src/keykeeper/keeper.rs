@@ -223,12 +223,21 @@ impl Keeper {
             return Err(KeeperError::Reply("the stored key (read back differently)"));
         }
         let path = format!("/secure-channel/key/{}/key-attestation", fresh.guid);
-        let reply = self.request("POST", &path, b"", Some(&key))?;
-        if reply.status != 200 {
-            return Err(KeeperError::Status {
+        let attested = match self.request("POST", &path, b"", Some(&key)) {
+            Ok(reply) if reply.status == 200 => Ok(()),
+            Ok(reply) => Err(KeeperError::Status {
                 what: "the key attestation",
                 status: reply.status,
-            });
+            }),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = attested {
+            // A stored key is latched without attestation on the next poll: an unattested
+            // one must not stay stored.
+            if let Ok(path) = key_path(dir, &fresh.guid) {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
         }
         Ok(key)
     }
