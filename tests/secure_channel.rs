@@ -425,3 +425,40 @@ fn keeper_survives_bad_wireserver_answers() {
         );
     }
 }
+
+/// A v2.0 status: modes and rules come from `authorizationRules`.
+#[test]
+fn v2_status_modes_and_rules() {
+    let Some(stack) = Stack::start_full(
+        "secure-channel-v2",
+        &[
+            "--secure-channel",
+            "wireserverandimds",
+            "--status-version",
+            "2.0",
+        ],
+        &["--secure-channel", "on", "--secure-channel-poll", "1"],
+    ) else {
+        return;
+    };
+    eventually("v2.0 state", || {
+        log_has(
+            &stack,
+            "WireServer Enforce -  IMDS Enforce - HostGA Enforce",
+        )
+    });
+    eventually("key latched", || log_has(&stack, "key latched"));
+    eventually("rules from the status loaded", || {
+        log_has(&stack, r#""advanced_rules":true"#)
+    });
+    let imds = stack.curl(
+        None,
+        &format!("{IMDS}/metadata/instance?api-version=2021-08-01"),
+        &["Metadata: true", &tag_header("v2")],
+    );
+    assert_eq!(imds.status, 200);
+    assert_eq!(
+        stack.records_tagged("v2")[0].signature,
+        Some(SignatureCheck::Valid)
+    );
+}
