@@ -3,9 +3,6 @@
 //! wrapping global allocator, printed before the timings; the target is zero).
 //! Run: `cargo bench -p fastproxy-bench`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use fastproxy::http::rewrite::write_upstream_request;
 use fastproxy::http::{parse_request, Limits};
@@ -16,31 +13,8 @@ Host: 168.63.129.16\r\nx-ms-version: 2012-11-30\r\nx-ms-agent-name: WALinuxAgent
 const IMDS: &[u8] = b"GET /metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com HTTP/1.1\r\n\
 Host: 169.254.169.254\r\nUser-Agent: azsdk-python-identity/1.27.0 Python/3.11.7 (Linux-6.18)\r\nAccept-Encoding: gzip, deflate\r\nAccept: */*\r\nConnection: keep-alive\r\nMetadata: true\r\n\r\n";
 
-/// Counts allocations; everything else is the system allocator.
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: delegates every call to the system allocator unchanged.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: fastproxy_bench::Counting = fastproxy_bench::Counting;
 
 /// Allocations per parse + rewrite after warm-up (the output buffer is reused, as the proxy
 /// reuses its per-connection buffers).
@@ -57,9 +31,9 @@ fn allocations_per_request(head: &[u8]) -> f64 {
         }
     };
     run(100);
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = fastproxy_bench::allocations();
     run(10_000);
-    (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / 10_000.0
+    (fastproxy_bench::allocations() - before) as f64 / 10_000.0
 }
 
 fn bench_heads(c: &mut Criterion) {

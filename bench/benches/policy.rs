@@ -6,9 +6,7 @@
 //! (counted by a wrapping global allocator, printed before the timings; the target is zero).
 //! Run: `cargo bench -p fastproxy-bench --bench policy`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use fastproxy::policy::{
@@ -20,31 +18,8 @@ use fastproxy::upstream::{EndpointKind, EndpointMode, GuardedEndpoint};
 const TOKEN_PATH: &str = "/metadata/identity/oauth2/token/";
 const TOKEN_QUERY: &str = "api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com";
 
-/// Counts allocations; everything else is the system allocator.
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: delegates every call to the system allocator unchanged.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: fastproxy_bench::Counting = fastproxy_bench::Counting;
 
 /// IMDS rules with `n` privileges: `n - 1` others (a quarter of them with a required query
 /// value, all under `/metadata/`), then the token privilege granted to user `svc`.
@@ -125,9 +100,9 @@ fn allocations_per_authorize(policy: &CompiledPolicy, who: &mut KnownCaller) -> 
         }
     };
     run(100);
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = fastproxy_bench::allocations();
     run(10_000);
-    (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / 10_000.0
+    (fastproxy_bench::allocations() - before) as f64 / 10_000.0
 }
 
 fn bench_policy(c: &mut Criterion) {

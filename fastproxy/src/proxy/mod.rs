@@ -173,6 +173,24 @@ fn bind(addr: SocketAddrV4) -> Result<std::net::TcpListener, ProxyStartError> {
 /// How often each worker publishes its summaries for the status report.
 const REPORT_PERIOD: Duration = Duration::from_secs(5);
 
+/// Publish this worker's summaries and connection count every `REPORT_PERIOD` into its own
+/// slot of the shared reports (read by the status report).
+async fn publish_reports<S>(
+    ctx: Rc<connection::WorkerCtx<S>>,
+    reports: Arc<std::sync::Mutex<Vec<WorkerReport>>>,
+) {
+    let slot = {
+        let mut all = reports.lock().unwrap_or_else(|p| p.into_inner());
+        all.push(WorkerReport::default());
+        all.len() - 1
+    };
+    loop {
+        tokio::time::sleep(REPORT_PERIOD).await;
+        let report = ctx.report();
+        reports.lock().unwrap_or_else(|p| p.into_inner())[slot] = report;
+    }
+}
+
 /// What to do after an accept error: back off when out of descriptors or memory (retrying at
 /// once would spin while nothing can change), otherwise go on.
 async fn after_accept_error(e: &std::io::Error) {
@@ -222,20 +240,7 @@ fn uring_worker(
             local,
             stop.clone(),
         ));
-        let reporting = Rc::clone(&ctx);
-        let reports = Arc::clone(&shared.reports);
-        let publish = async move {
-            let slot = {
-                let mut all = reports.lock().unwrap_or_else(|p| p.into_inner());
-                all.push(WorkerReport::default());
-                all.len() - 1
-            };
-            loop {
-                tokio::time::sleep(REPORT_PERIOD).await;
-                let report = reporting.report();
-                reports.lock().unwrap_or_else(|p| p.into_inner())[slot] = report;
-            }
-        };
+        let publish = publish_reports(Rc::clone(&ctx), Arc::clone(&shared.reports));
         tokio_uring::spawn(publish);
         loop {
             tokio::select! {
@@ -295,20 +300,7 @@ fn tokio_worker(
             local,
             stop.clone(),
         ));
-        let reporting = Rc::clone(&ctx);
-        let reports = Arc::clone(&shared.reports);
-        let publish = async move {
-            let slot = {
-                let mut all = reports.lock().unwrap_or_else(|p| p.into_inner());
-                all.push(WorkerReport::default());
-                all.len() - 1
-            };
-            loop {
-                tokio::time::sleep(REPORT_PERIOD).await;
-                let report = reporting.report();
-                reports.lock().unwrap_or_else(|p| p.into_inner())[slot] = report;
-            }
-        };
+        let publish = publish_reports(Rc::clone(&ctx), Arc::clone(&shared.reports));
         tokio::task::spawn_local(publish);
         loop {
             tokio::select! {
