@@ -72,7 +72,8 @@ start_proxy() {
   log=$tmp/$name.log
   rm -f "$tmp/proxy.ready"
   "${in_cg[@]}" "${in_ns[@]}" taskset -c 0 "$bin/fastproxy" run --cgroup "$cg" --bpffs-dir "$pins" \
-    --workers 1 --ready-file "$tmp/proxy.ready" "$@" >"$log" 2>&1 & proxy=$!
+    --workers 1 --ready-file "$tmp/proxy.ready" --secure-channel off --telemetry off \
+    --keys-dir "$tmp/keys" --log-dir "$tmp/logs" "$@" >"$log" 2>&1 & proxy=$!
   wait_ready "$tmp/proxy.ready" "$proxy" "fastproxy run $*" "$log"
 }
 stop_proxy() {

@@ -53,7 +53,8 @@ start_proxy() {
   rm -f "$tmp/ready"
   sh -c "echo \$\$ > $cg/cgroup.procs; exec $in_ns taskset -c 0 $bin/fastproxy run --cgroup $cg \
     --bpffs-dir $tmp/bpffs/fastproxy --workers 1 --splice-threshold $1 --ready-file $tmp/ready \
-    --endpoint hostga=127.0.0.9:8082" 2>/dev/null &
+    --endpoint hostga=127.0.0.9:8082 --secure-channel off --telemetry off \
+    --keys-dir $tmp/keys --log-dir $tmp/logs" 2>/dev/null &
   proxy=$!
   for _ in $(seq 100); do [ -f "$tmp/ready" ] && return; sleep 0.05; done
   echo "proxy did not start" >&2; exit 1
