@@ -3,8 +3,10 @@
 //! proxy writes are host time plus the time elapsed since the sync (monotonic), so a guest
 //! clock that is off or jumps does not change them.
 
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
 
 /// How often the host time is taken again.
 pub const RESYNC: Duration = Duration::from_secs(15 * 60);
@@ -15,26 +17,27 @@ struct Sync {
     at: Instant,
 }
 
-/// The host-synchronised clock, shared by every core (a read is one uncontended lock).
+/// The host-synchronised clock, shared by every core; reading it takes no lock (every
+/// request reads it for its date header).
 #[derive(Debug, Default)]
 pub struct HostClock {
-    sync: Mutex<Option<Sync>>,
+    sync: ArcSwapOption<Sync>,
 }
 
 impl HostClock {
     /// Whether a status reply should be used to sync (never synced, or too long ago).
     pub fn wants_sync(&self) -> bool {
-        self.lock().is_none_or(|s| s.at.elapsed() >= RESYNC)
+        self.synced().is_none_or(|s| s.at.elapsed() >= RESYNC)
     }
 
     /// Sync from an HTTP date (`x-ms-azure-host-date` or `Date`); false when unparsable.
     pub fn sync_from(&self, http_date: &str) -> bool {
         match httpdate::parse_http_date(http_date.trim()) {
             Ok(host) => {
-                *self.sync.lock().unwrap_or_else(|p| p.into_inner()) = Some(Sync {
+                self.sync.store(Some(Arc::new(Sync {
                     host,
                     at: Instant::now(),
-                });
+                })));
                 true
             }
             Err(_) => false,
@@ -43,7 +46,7 @@ impl HostClock {
 
     /// Host time now (the guest clock until the first sync).
     pub fn now(&self) -> SystemTime {
-        match self.lock() {
+        match self.synced() {
             Some(s) => s.host + s.at.elapsed(),
             None => SystemTime::now(),
         }
@@ -54,8 +57,8 @@ impl HostClock {
         httpdate::fmt_http_date(self.now())
     }
 
-    fn lock(&self) -> Option<Sync> {
-        *self.sync.lock().unwrap_or_else(|p| p.into_inner())
+    fn synced(&self) -> Option<Sync> {
+        self.sync.load().as_deref().copied()
     }
 }
 
