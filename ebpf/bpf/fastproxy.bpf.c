@@ -235,11 +235,14 @@ int fp_sendmsg6(struct bpf_sock_addr *ctx)
 	return guarded(dst_addr, dst_port) ? VERDICT_REJECT : VERDICT_PROCEED;
 }
 
-/* Client side: the source port is now bound, so the 4-tuple is complete. */
-static __always_inline void publish_record(struct bpf_sock_ops *skops)
+/*
+ * Client side: the caller record of a redirected socket, with the connection's 4-tuple as
+ * the client sees it (local = client) written to `key`; NULL for any other socket.
+ */
+static __always_inline struct fp_caller_record *client_record(struct bpf_sock_ops *skops,
+							      struct fp_tuple *key)
 {
 	struct fp_caller_record *rec;
-	struct fp_tuple key = {};
 	struct bpf_sock *sk = skops->sk;
 	__u32 local_ip = skops->local_ip4;
 	__u32 remote_ip = skops->remote_ip4;
@@ -247,14 +250,25 @@ static __always_inline void publish_record(struct bpf_sock_ops *skops)
 	__u32 remote_port = skops->remote_port;
 
 	if (!sk)
-		return;
+		return 0;
 	rec = bpf_sk_storage_get(&fp_callers, sk, 0, 0);
 	if (!rec || !(rec->flags & FP_RECORD_REDIRECTED))
+		return 0;
+	key->client_addr = local_ip;
+	key->client_port = (__u16)local_port;
+	key->server_addr = remote_ip;
+	key->server_port = bpf_ntohs((__u16)(remote_port >> 16));
+	return rec;
+}
+
+/* Client side: the source port is now bound, so the 4-tuple is complete. */
+static __always_inline void publish_record(struct bpf_sock_ops *skops)
+{
+	struct fp_tuple key = {};
+	struct fp_caller_record *rec = client_record(skops, &key);
+
+	if (!rec)
 		return;
-	key.client_addr = local_ip;
-	key.client_port = (__u16)local_port;
-	key.server_addr = remote_ip;
-	key.server_port = bpf_ntohs((__u16)(remote_port >> 16));
 	/*
 	 * BPF_NOEXIST: a live entry for this 4-tuple is never overwritten. If the table is full the
 	 * connection arrives without a record and is refused (421): fail closed, never swapped.
@@ -268,23 +282,13 @@ static __always_inline void forget_record(struct bpf_sock_ops *skops)
 {
 	struct fp_caller_record *rec;
 	struct fp_tuple key = {};
-	struct bpf_sock *sk = skops->sk;
 	__u32 new_state = skops->args[1];
-	__u32 local_ip = skops->local_ip4;
-	__u32 remote_ip = skops->remote_ip4;
-	__u32 local_port = skops->local_port;
-	__u32 remote_port = skops->remote_port;
 
-	if (new_state != BPF_TCP_CLOSE || !sk)
+	if (new_state != BPF_TCP_CLOSE)
 		return;
-	rec = bpf_sk_storage_get(&fp_callers, sk, 0, 0);
-	if (!rec || !(rec->flags & FP_RECORD_REDIRECTED))
-		return;
-	key.client_addr = local_ip;
-	key.client_port = (__u16)local_port;
-	key.server_addr = remote_ip;
-	key.server_port = bpf_ntohs((__u16)(remote_port >> 16));
-	bpf_map_delete_elem(handoff_map(rec->uid), &key);
+	rec = client_record(skops, &key);
+	if (rec)
+		bpf_map_delete_elem(handoff_map(rec->uid), &key);
 }
 
 /* Proxy side: move the record into the accepted socket's own storage. */
