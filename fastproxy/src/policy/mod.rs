@@ -2,7 +2,7 @@
 //!
 //! Two layers. The built-in rules of SPEC-GPA.md section 5 (WireServer and HostGAPlugin are
 //! root-only in every mode because they hand out the VM's secrets; IMDS is open to every local
-//! caller) need only the kernel record: [`evaluate`](fn@evaluate). The Guest Proxy Agent's
+//! caller) need only the kernel record. The Guest Proxy Agent's
 //! advanced rules (privileges, roles, identities, role assignments, `defaultAccess`,
 //! per-endpoint modes, local rule files) are parsed in [`model`], validated and compiled once
 //! per change in [`compile`], and evaluated per request in [`evaluate`](mod@evaluate) over the
@@ -13,7 +13,6 @@
 //! come in through the [`CallerFacts`] trait, asked for only when a rule needs them.
 
 use crate::identity::CallerRecord;
-use crate::upstream::GuardedEndpoint;
 
 pub mod canonical;
 pub mod compile;
@@ -103,22 +102,6 @@ impl Decision {
     }
 }
 
-/// Evaluate the built-in rules for a request to `endpoint`. A `disabled` endpoint allows
-/// everything (it is normally not even redirected); the root-only rule holds in audit mode too.
-/// The advanced rules need the request: see [`authorize`].
-pub fn evaluate(caller: &CallerRecord, endpoint: &GuardedEndpoint) -> Decision {
-    let basis = evaluate::builtin(caller.uid, endpoint).unwrap_or(match endpoint.kind {
-        crate::upstream::EndpointKind::Imds => Basis::Builtin("builtin: imds open"),
-        _ => Basis::Builtin("builtin: root"),
-    });
-    Verdict {
-        endpoint: endpoint.kind,
-        basis,
-        audited: false,
-    }
-    .decision()
-}
-
 /// The `x-ms-azure-host-claims` value (SPEC-GPA.md section 3, exactly this text).
 pub fn claims_header(caller: &CallerRecord) -> &'static str {
     if caller.is_root() {
@@ -131,7 +114,7 @@ pub fn claims_header(caller: &CallerRecord) -> &'static str {
 #[cfg(test)]
 mod builtin_tests {
     use super::*;
-    use crate::upstream::{EndpointKind, EndpointMode};
+    use crate::upstream::{EndpointKind, EndpointMode, GuardedEndpoint};
     use std::net::{Ipv4Addr, SocketAddrV4};
 
     #[test]
@@ -153,7 +136,7 @@ mod builtin_tests {
                     addr: dst,
                     mode,
                 };
-                let got = evaluate(&caller, &ep).is_allowed();
+                let got = builtin_only(&caller, &ep);
                 assert_eq!(got, allowed, "uid {uid} -> {kind} ({mode:?})");
             }
         }
@@ -162,7 +145,21 @@ mod builtin_tests {
             addr: dst,
             mode: EndpointMode::Disabled,
         };
-        assert!(evaluate(&CallerRecord::for_uid(1000, dst), &disabled).is_allowed());
+        assert!(builtin_only(&CallerRecord::for_uid(1000, dst), &disabled));
+    }
+
+    /// The decision with no advanced rules in force: the built-in rules alone.
+    fn builtin_only(caller: &CallerRecord, ep: &GuardedEndpoint) -> bool {
+        let mut facts = *caller;
+        authorize(
+            &CompiledPolicy::builtin_only(),
+            ep,
+            &mut facts,
+            "/",
+            None,
+            &mut CanonicalRequest::new(),
+        )
+        .is_allowed()
     }
 
     #[test]
